@@ -1,0 +1,91 @@
+"""Shared pytest set-up for ``tests/`` and for ``pytest --nbval`` over the book.
+
+* TensorFlow is quietened before anything imports it, and notebook kernels
+  (child processes) inherit the same environment.
+* Matplotlib's font cache is built here, once, so that a fresh machine's
+  "building the font cache" notice never lands in a notebook's output.
+* Only the notebooks listed in ``_toc.yml`` are collected by nbval.
+* ``shared_dir``/``parity`` fixtures read ``../shared`` and skip with a reason
+  when it is absent.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("PYTHONHASHSEED", "0")
+
+ROOT = Path(__file__).resolve().parent
+SHARED = Path(os.environ.get("FOMM_SHARED_DIR", ROOT.parent / "shared"))
+PARITY_DIR = SHARED / "fomm-parity"
+
+
+def toc_notebooks(root=ROOT):
+    """Paths of the notebooks that ``_toc.yml`` lists (the book's chapters)."""
+    import yaml
+
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    files = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key in ("root", "file"):
+                if key in node:
+                    files.append(node[key])
+            for value in node.values():
+                if isinstance(value, (list, dict)):
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(toc)
+    return [root / f"{name}.ipynb" for name in files if (root / f"{name}.ipynb").exists()]
+
+
+def pytest_configure(config):
+    try:
+        import matplotlib.font_manager  # noqa: F401  (builds the font cache once)
+    except ImportError:  # the legacy tfa environment has no matplotlib
+        pass
+
+
+def pytest_ignore_collect(collection_path, config):
+    path = Path(collection_path)
+    if path.suffix == ".ipynb":
+        if ".ipynb_checkpoints" in path.parts or "_build" in path.parts:
+            return True
+        return path.resolve() not in {p.resolve() for p in toc_notebooks()}
+    if path.name in {".venv", ".venv-legacy", "_build"}:
+        return True
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_dir():
+    if not SHARED.is_dir():
+        pytest.skip(f"../shared not found at {SHARED} (set FOMM_SHARED_DIR to point at it)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def parity_json():
+    path = PARITY_DIR / "parity-128.json"
+    if not path.exists():
+        pytest.skip(f"parity fixtures not found: {path} is missing (they live in ../shared/fomm-parity)")
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="session")
+def parity():
+    """The arrays of ``parity-128.npz`` as a dict of NumPy arrays."""
+    import numpy as np
+
+    path = PARITY_DIR / "parity-128.npz"
+    if not path.exists():
+        pytest.skip(f"parity fixtures not found: {path} is missing (they live in ../shared/fomm-parity)")
+    with np.load(path) as data:
+        return {key: data[key] for key in data.files}

@@ -1,0 +1,155 @@
+"""Benchmarks: ``python -m fomm_lessons.bench WORKLOAD [options]``.
+
+Each workload prints one JSON line per measurement with the median and the
+minimum wall-clock seconds over the timed repeats (after warm-up runs).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def time_call(fn, repeats=10, warmup=2):
+    """Run ``fn`` ``warmup`` times, then time it ``repeats`` times: (median, min) seconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), min(times)
+
+
+def report(**fields):
+    print(json.dumps(fields), flush=True)
+
+
+# Dense motion warps B*(K+1) = 8*11 copies of a 64x64 RGB source; the
+# generator warps 8 feature maps of 64x64x256 (vox-256 at 256x256).
+SAMPLER_WORKLOADS = {
+    "dense_motion": (88, 64, 64, 3),
+    "generator": (8, 64, 64, 256),
+}
+
+
+def _sampler_inputs(shape, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    batch, height, width, channels = shape
+    images = rng.random(shape, dtype=np.float32)
+    grid = rng.uniform(-1.05, 1.05, size=(batch, height, width, 2)).astype(np.float32)
+    return images, grid
+
+
+def bench_sampler(argv):
+    parser = argparse.ArgumentParser(prog="fomm_lessons.bench sampler")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--xla", action="store_true", help="also time jit_compile=True")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    args = parser.parse_args(argv)
+
+    import tensorflow as tf
+
+    from fomm_lessons.sampling import grid_sample
+
+    modes = [("tf.function", False)] + ([("xla", True)] if args.xla else [])
+    for name, shape in SAMPLER_WORKLOADS.items():
+        images_np, grid_np = _sampler_inputs(shape)
+        images, grid = tf.constant(images_np), tf.constant(grid_np)
+        for mode, jit in modes:
+
+            @tf.function(jit_compile=jit)
+            def step(images, grid):
+                with tf.GradientTape() as tape:
+                    tape.watch([images, grid])
+                    out = grid_sample(images, grid)
+                    loss = tf.reduce_sum(out)
+                return tape.gradient(loss, [images, grid])
+
+            median, best = time_call(lambda: [t.numpy() for t in step(images, grid)], args.repeats)
+            report(workload=f"sampler/{name}", shape=list(shape), impl=f"fomm_lessons ({mode})",
+                   median_s=round(median, 5), min_s=round(best, 5))
+        if args.no_torch:
+            continue
+        try:
+            import torch
+        except ImportError:
+            report(workload=f"sampler/{name}", impl="torch", skipped="torch is not installed")
+            continue
+        torch.set_num_threads(os.cpu_count() or 1)
+        timg = torch.from_numpy(images_np).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
+        tgrid = torch.from_numpy(grid_np).requires_grad_(True)
+
+        def torch_step():
+            out = torch.nn.functional.grid_sample(timg, tgrid, mode="bilinear", padding_mode="zeros",
+                                                  align_corners=True)
+            return torch.autograd.grad(out.sum(), [timg, tgrid])
+
+        median, best = time_call(torch_step, args.repeats)
+        report(workload=f"sampler/{name}", shape=list(shape), impl=f"torch {torch.__version__}",
+               median_s=round(median, 5), min_s=round(best, 5))
+    return 0
+
+
+def bench_animate(argv):
+    """Keypoint detection plus generation at inference (the networks issue)."""
+    raise NotImplementedError("the animate benchmark comes with the networks")
+
+
+def bench_data(argv):
+    """Training pairs per second of the data pipeline (decode, resize, augment, batch)."""
+    parser = argparse.ArgumentParser(prog="fomm_lessons.bench data")
+    parser.add_argument("--root", default=None, help="dataset folder (default: a fresh sample dataset)")
+    parser.add_argument("--size", type=int, default=256, help="frame size H = W")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--pairs", type=int, default=1024, help="pairs to time after one warm-up batch")
+    parser.add_argument("--id-sampling", action="store_true")
+    args = parser.parse_args(argv)
+
+    import tempfile
+
+    from fomm_lessons.data.loader import FramesDataset
+
+    with tempfile.TemporaryDirectory() as scratch:
+        root = args.root
+        if root is None:
+            from fomm_lessons.data.sample import make_sample_dataset
+
+            root = make_sample_dataset(scratch, size=args.size if args.size in (64, 128, 256) else 256)
+        # vox-256's dataset_params
+        augmentation = {"flip_param": {"horizontal_flip": True, "time_flip": True},
+                        "jitter_param": {"brightness": 0.1, "contrast": 0.1, "saturation": 0.1, "hue": 0.1}}
+        frames = FramesDataset(root, "train", frame_shape=(args.size, args.size, 3),
+                               id_sampling=args.id_sampling, augmentation_params=augmentation)
+        repeats = -(-(args.pairs + args.batch_size) // len(frames))
+        batches = iter(frames.pairs(seed=0, num_repeats=repeats, batch_size=args.batch_size, drop_remainder=True))
+        next(batches)  # warm-up: tracing, thread pools
+        count, start = 0, time.perf_counter()
+        while count < args.pairs:
+            count += int(next(batches)["source"].shape[0])
+        seconds = time.perf_counter() - start
+    report(workload="data", root=args.root or "sample dataset", size=args.size, batch_size=args.batch_size,
+           pairs=count, seconds=round(seconds, 3), pairs_per_s=round(count / seconds, 1), cpus=os.cpu_count())
+    return 0
+
+
+WORKLOADS = {"sampler": bench_sampler, "animate": bench_animate, "data": bench_data}
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in WORKLOADS:
+        print(f"usage: python -m fomm_lessons.bench {{{','.join(WORKLOADS)}}} [options]", file=sys.stderr)
+        return 2
+    return WORKLOADS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,430 @@
+"""Geometry shared by every network: coordinate grids, bilinear sampling,
+Gaussian keypoint heatmaps, anti-aliased downsampling and the random
+thin-plate-spline transform of the equivariance losses.
+
+Conventions (each lives in exactly one function of this file):
+
+* coordinates are ``(x, y)`` in ``[-1, 1]``; ``-1`` and ``+1`` are the centres
+  of the corner pixels (:func:`make_coordinate_grid`);
+* sampling is bilinear with PyTorch ``grid_sample`` semantics
+  (:func:`grid_sample`), ``align_corners=True`` by default as in the original.
+"""
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+PADDING_MODES = ("zeros", "border", "reflection")
+
+
+def make_coordinate_grid(height, width, dtype=tf.float32):
+    """Grid of ``(x, y)`` pixel-centre coordinates in [-1, 1], shape ``(height, width, 2)``."""
+    if int(height) < 1 or int(width) < 1:
+        raise ValueError(f"expected a grid size of at least 1x1, got {height}x{width}")
+
+    def axis(n):
+        # 2 * i / (n - 1) - 1, computed in the original's order of operations.
+        i = tf.range(n, dtype=tf.float32)
+        return 2.0 * (i / max(n - 1, 1)) - 1.0
+
+    xx, yy = tf.meshgrid(axis(int(width)), axis(int(height)))  # (height, width) each
+    return tf.cast(tf.stack([xx, yy], axis=-1), dtype)
+
+
+# ---------------------------------------------------------------------------
+# Bilinear sampling
+# ---------------------------------------------------------------------------
+
+def _check_rank(name, tensor, rank, last=None):
+    shape = tensor.shape
+    if shape.rank is not None and shape.rank != rank:
+        raise ValueError(f"expected {name} of rank {rank}, got shape {tuple(shape)}")
+    if last is not None and shape.rank is not None and shape[-1] is not None and shape[-1] != last:
+        raise ValueError(f"expected {name} with last axis {last}, got shape {tuple(shape)}")
+
+
+def _check_same_batch(images, points, points_name):
+    b1, b2 = images.shape[0], points.shape[0]
+    if b1 is not None and b2 is not None and b1 != b2:
+        raise ValueError(
+            f"images and {points_name} must have the same batch size, got images "
+            f"{tuple(images.shape)} and {points_name} {tuple(points.shape)}"
+        )
+
+
+def _compute_dtype(dtype):
+    """Coordinates and weights are computed in float32 (float64 stays float64)."""
+    return tf.float64 if dtype == tf.float64 else tf.float32
+
+
+def _unnormalize(coord, size, align_corners):
+    """[-1, 1] -> pixel index; with ``align_corners`` -1/+1 are corner-pixel centres."""
+    if align_corners:
+        return (coord + 1.0) / 2.0 * (size - 1.0)
+    return ((coord + 1.0) * size - 1.0) / 2.0
+
+
+def _reflect(coord, twice_low, twice_high):
+    """Reflect ``coord`` into [low, high] the way PyTorch's grid_sampler does."""
+    low = twice_low / 2.0
+    span = (twice_high - twice_low) / 2.0
+    if span <= 0:
+        return tf.zeros_like(coord)
+    coord = tf.abs(coord - low)
+    flips = tf.floor(coord / span)
+    extra = coord - flips * span
+    even = tf.equal(tf.math.floormod(flips, 2.0), 0.0)
+    return tf.where(even, extra + low, span - extra + low)
+
+
+def _pad_coordinate(coord, size, padding_mode, align_corners):
+    """Apply the padding rule of ``padding_mode`` to one pixel coordinate axis."""
+    if padding_mode == "border":
+        return tf.clip_by_value(coord, 0.0, size - 1.0)
+    if padding_mode == "reflection":
+        if align_corners:
+            coord = _reflect(coord, 0.0, 2.0 * (size - 1.0))
+        else:
+            coord = _reflect(coord, -1.0, 2.0 * size - 1.0)
+        return tf.clip_by_value(coord, 0.0, size - 1.0)
+    return coord
+
+
+def _snap_to_pixel_centres(coord, size):
+    """Treat coordinates within float32 noise of a pixel centre as that centre.
+
+    ``2 * i / (n - 1) - 1`` mapped back to pixels lands up to half an ulp of
+    ``n - 1`` away from ``i``; without this the identity grid would mix in a
+    1e-7 share of the neighbouring pixel. The snap moves a coordinate by less
+    than the float32 resolution of the coordinate itself, and the gradient
+    passes straight through it.
+    """
+    tolerance = max(size - 1.0, 1.0) * 2.0 ** -22
+    nearest = tf.round(coord)
+    close = tf.abs(coord - nearest) <= tolerance
+    return coord + tf.stop_gradient(tf.where(close, nearest - coord, tf.zeros_like(coord)))
+
+
+def _bilinear(images, x, y):
+    """Bilinear sampling at pixel coordinates ``x``, ``y`` of shape (B, n); zero outside.
+
+    Returns (B, n, C) in the compute dtype of ``x``.
+    """
+    shape = tf.shape(images)
+    batch, height, width = shape[0], shape[1], shape[2]
+    channels = images.shape[-1] if images.shape[-1] is not None else shape[3]
+    dtype = x.dtype
+    h = tf.cast(height, dtype)
+    w = tf.cast(width, dtype)
+
+    x0 = tf.floor(x)
+    y0 = tf.floor(y)
+    wx1 = x - x0
+    wy1 = y - y0
+    wx0 = 1.0 - wx1
+    wy0 = 1.0 - wy1
+
+    flat = tf.reshape(images, [-1, channels])  # (B*H*W, C)
+    base = tf.range(batch) * (height * width)
+    base = base[:, None]  # (B, 1)
+
+    xs = (x0, x0 + 1.0)
+    ys = (y0, y0 + 1.0)
+    weights_x = (wx0, wx1)
+    weights_y = (wy0, wy1)
+    indices, weights = [], []
+    for j in range(2):
+        for i in range(2):
+            xi, yi = xs[i], ys[j]
+            inside = (xi >= 0.0) & (xi <= w - 1.0) & (yi >= 0.0) & (yi <= h - 1.0)
+            weight = weights_x[i] * weights_y[j] * tf.cast(inside, dtype)
+            xi = tf.cast(tf.clip_by_value(xi, 0.0, w - 1.0), tf.int32)
+            yi = tf.cast(tf.clip_by_value(yi, 0.0, h - 1.0), tf.int32)
+            indices.append(base + yi * width + xi)
+            weights.append(weight)
+    corners = tf.gather(flat, tf.stack(indices))  # (4, B, n, C)
+    corners = tf.cast(corners, dtype)
+    weights = tf.stack(weights)[..., None]  # (4, B, n, 1)
+    return tf.reduce_sum(corners * weights, axis=0)  # (B, n, C)
+
+
+def grid_sample(images, grid, padding_mode="zeros", align_corners=True):
+    """Bilinear sampling of ``images`` at ``grid``, as PyTorch's ``F.grid_sample``.
+
+    ``images`` (B, H, W, C); ``grid`` (B, h, w, 2) of ``(x, y)`` in [-1, 1];
+    returns (B, h, w, C) in the dtype of ``images``. ``padding_mode`` is
+    ``"zeros"``, ``"border"`` or ``"reflection"``.
+    """
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"expected padding_mode in {PADDING_MODES}, got {padding_mode!r}")
+    if align_corners not in (True, False):
+        raise ValueError(f"expected align_corners True or False, got {align_corners!r}")
+    images = tf.convert_to_tensor(images)
+    grid = tf.convert_to_tensor(grid)
+    _check_rank("images (B, H, W, C)", images, 4)
+    _check_rank("grid (B, h, w, 2)", grid, 4, last=2)
+    _check_same_batch(images, grid, "grid")
+
+    dtype = _compute_dtype(images.dtype)
+    grid = tf.cast(grid, dtype)
+    in_shape = tf.shape(images)
+    out_shape = tf.shape(grid)
+    height = images.shape[1] if images.shape[1] is not None else in_shape[1]
+    width = images.shape[2] if images.shape[2] is not None else in_shape[2]
+    h = float(height) if isinstance(height, int) else tf.cast(height, dtype)
+    w = float(width) if isinstance(width, int) else tf.cast(width, dtype)
+
+    x = _unnormalize(grid[..., 0], w, align_corners)
+    y = _unnormalize(grid[..., 1], h, align_corners)
+    x = _pad_coordinate(x, w, padding_mode, align_corners)
+    y = _pad_coordinate(y, h, padding_mode, align_corners)
+    if isinstance(width, int) and isinstance(height, int):
+        x = _snap_to_pixel_centres(x, w)
+        y = _snap_to_pixel_centres(y, h)
+
+    batch = out_shape[0]
+    x = tf.reshape(x, [batch, -1])
+    y = tf.reshape(y, [batch, -1])
+    out = _bilinear(images, x, y)  # (B, h*w, C)
+    channels = images.shape[-1] if images.shape[-1] is not None else in_shape[3]
+    out = tf.reshape(out, tf.stack([batch, out_shape[1], out_shape[2], channels]))
+    return tf.cast(out, images.dtype)
+
+
+def resample(images, warp):
+    """``tfa.image.resampler``: sample ``images`` (B, H, W, C) at pixel
+    coordinates ``warp`` (B, ..., 2) as ``(x, y)``; zero outside the image.
+
+    Returns (B, ..., C). Pixel ``(0, 0)`` is the centre of the top-left pixel,
+    which makes this ``grid_sample`` with ``align_corners=True``, zero padding
+    and coordinates already unnormalised.
+    """
+    images = tf.convert_to_tensor(images)
+    warp = tf.convert_to_tensor(warp)
+    _check_rank("images (B, H, W, C)", images, 4)
+    if warp.shape.rank is not None and (warp.shape.rank < 2 or warp.shape[-1] not in (2, None)):
+        raise ValueError(f"expected warp of shape (B, ..., 2), got shape {tuple(warp.shape)}")
+    _check_same_batch(images, warp, "warp")
+
+    dtype = _compute_dtype(images.dtype)
+    warp = tf.cast(warp, dtype)
+    warp_shape = tf.shape(warp)
+    batch = warp_shape[0]
+    x = tf.reshape(warp[..., 0], [batch, -1])
+    y = tf.reshape(warp[..., 1], [batch, -1])
+    out = _bilinear(images, x, y)  # (B, n, C)
+    channels = images.shape[-1] if images.shape[-1] is not None else tf.shape(images)[3]
+    out_shape = tf.concat([warp_shape[:-1], [channels]], axis=0)
+    return tf.cast(tf.reshape(out, out_shape), images.dtype)
+
+
+# ---------------------------------------------------------------------------
+# Keypoint heatmaps (Eq. 6)
+# ---------------------------------------------------------------------------
+
+def keypoints_to_gaussian(kp, spatial_size, kp_variance):
+    """Gaussian heatmaps ``exp(-|z - p_k|^2 / (2 var))`` of keypoints ``kp`` (B, K, 2).
+
+    ``spatial_size`` is ``(h, w)``; returns (B, h, w, K).
+    """
+    kp = tf.convert_to_tensor(kp)
+    _check_rank("kp (B, K, 2)", kp, 3, last=2)
+    height, width = spatial_size
+    grid = make_coordinate_grid(height, width, kp.dtype)  # (h, w, 2)
+    diff = grid[None, :, :, None, :] - kp[:, None, None, :, :]  # (B, h, w, K, 2)
+    return tf.exp(-0.5 * tf.reduce_sum(tf.square(diff), axis=-1) / kp_variance)
+
+
+# ---------------------------------------------------------------------------
+# Anti-aliased downsampling and the image pyramid
+# ---------------------------------------------------------------------------
+
+def gaussian_kernel_1d(scale):
+    """The original's blur for downsampling by ``scale``: returns (sigma, 1-D kernel)."""
+    sigma = (1.0 / scale - 1.0) / 2.0
+    size = 2 * round(sigma * 4) + 1
+    mean = (size - 1) / 2.0
+    taps = np.exp(-((np.arange(size, dtype=np.float64) - mean) ** 2) / (2.0 * sigma**2))
+    return sigma, taps / taps.sum()
+
+
+class AntiAliasDownsample(keras.layers.Layer):
+    """Gaussian blur with sigma ``(1/scale - 1) / 2`` then keep every ``1/scale``-th pixel.
+
+    This is the original's ``AntiAliasInterpolation2d``: zero padding, a
+    ``2 * round(4 sigma) + 1`` kernel, identity when ``scale == 1``.
+    """
+
+    def __init__(self, channels, scale, **kwargs):
+        super().__init__(**kwargs)
+        if not 0 < scale <= 1:
+            raise ValueError(f"expected 0 < scale <= 1, got {scale}")
+        if abs(1.0 / scale - round(1.0 / scale)) > 1e-6:
+            raise ValueError(f"expected scale = 1/n for an integer n, got {scale}")
+        self.channels = int(channels)
+        self.scale = float(scale)
+        self.stride = int(round(1.0 / scale))
+        if self.scale != 1.0:
+            _, taps = gaussian_kernel_1d(self.scale)
+            self.kernel_size = len(taps)
+            kernel = np.outer(taps, taps).astype(np.float32)  # (k, k), sums to 1
+            self.kernel_2d = kernel
+            self._kernel = np.tile(kernel[:, :, None, None], (1, 1, self.channels, 1))  # (k, k, C, 1)
+            self._pad_before = self.kernel_size // 2
+            self._pad_after = self._pad_before - 1 if self.kernel_size % 2 == 0 else self._pad_before
+
+    def call(self, images):
+        if self.scale == 1.0:
+            return images
+        kernel = tf.constant(self._kernel, dtype=images.dtype)
+        p, q = self._pad_before, self._pad_after
+        padded = tf.pad(images, [[0, 0], [p, q], [p, q], [0, 0]])
+        s = self.stride
+        return tf.nn.depthwise_conv2d(padded, kernel, strides=[1, s, s, 1], padding="VALID")
+
+    def compute_output_shape(self, input_shape):
+        def reduce(n):
+            return None if n is None else -(-n // self.stride)
+
+        b, h, w, c = input_shape
+        return (b, reduce(h), reduce(w), c)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels, "scale": self.scale}
+
+
+class ImagePyramid(keras.layers.Layer):
+    """Anti-aliased copies of an image at every scale: returns ``{scale: images}``."""
+
+    def __init__(self, scales, channels=3, **kwargs):
+        super().__init__(**kwargs)
+        self.scales = [float(s) for s in scales]
+        self.channels = int(channels)
+        self.downs = [AntiAliasDownsample(self.channels, s, name=f"down_{i}") for i, s in enumerate(self.scales)]
+
+    def call(self, images):
+        return {scale: down(images) for scale, down in zip(self.scales, self.downs)}
+
+    def get_config(self):
+        return {**super().get_config(), "scales": self.scales, "channels": self.channels}
+
+
+# ---------------------------------------------------------------------------
+# Random thin-plate-spline transform (equivariance constraints, Sec. 3.3)
+# ---------------------------------------------------------------------------
+
+def _normal(shape, stddev, seed):
+    """Normal noise from a ``tf.random.Generator``, a stateless seed, or the global RNG."""
+    if isinstance(seed, tf.random.Generator):
+        return seed.normal(shape, stddev=stddev)
+    if seed is None:
+        return tf.random.normal(shape, stddev=stddev)
+    if isinstance(seed, int):
+        seed = [seed, 0]
+    return tf.random.stateless_normal(shape, seed=seed, stddev=stddev)
+
+
+class ThinPlateSplineTransform:
+    """A random affine + thin-plate-spline warp ``T(z) = A z + b + s(z)``.
+
+    Exactly the original's ``Transform`` (``TPS`` in later code), quirks
+    included: the spline radius is the L1 distance ``|dx| + |dy|``, the kernel
+    is ``r^2 log(r + 1e-6)``, and the same scalar spline displacement ``s(z)``
+    is added to both ``x`` and ``y``.
+
+    ``theta`` (B, 2, 3), ``control_points`` (P*P, 2), ``control_params`` (B, P*P).
+    """
+
+    def __init__(self, batch_size, sigma_affine, sigma_tps=None, points_tps=None, seed=None):
+        if isinstance(seed, int):
+            seeds = tf.random.experimental.stateless_split([seed, 0], 2)
+            seed_affine, seed_tps = seeds[0], seeds[1]
+        else:
+            seed_affine = seed_tps = seed
+        noise = _normal([batch_size, 2, 3], sigma_affine, seed_affine)
+        theta = noise + tf.eye(2, 3)[None]
+        control_params = None
+        if sigma_tps is not None and points_tps is not None:
+            control_params = _normal([batch_size, points_tps**2], sigma_tps, seed_tps)
+        self._set(theta, points_tps, control_params)
+
+    @classmethod
+    def from_params(cls, theta, control_params=None, points_tps=None):
+        """A transform with given ``theta`` (B, 2, 3) and optional ``control_params``.
+
+        ``control_params`` may be (B, P*P) or the original's (B, 1, P*P);
+        ``points_tps`` defaults to ``sqrt(P*P)``.
+        """
+        transform = cls.__new__(cls)
+        theta = tf.convert_to_tensor(theta, tf.float32)
+        _check_rank("theta (B, 2, 3)", theta, 3, last=3)
+        if control_params is not None:
+            control_params = tf.convert_to_tensor(control_params, tf.float32)
+            control_params = tf.reshape(control_params, [tf.shape(control_params)[0], -1])
+            n = control_params.shape[-1]
+            points_tps = points_tps or int(round(n**0.5))
+            if points_tps**2 != n:
+                raise ValueError(f"expected P*P control parameters, got shape {tuple(control_params.shape)}")
+        transform._set(theta, points_tps, control_params)
+        return transform
+
+    def _set(self, theta, points_tps, control_params):
+        self.theta = tf.convert_to_tensor(theta, tf.float32)
+        self.batch_size = self.theta.shape[0]
+        self.control_params = control_params
+        self.control_points = None
+        if control_params is not None:
+            grid = make_coordinate_grid(points_tps, points_tps)  # (P, P, 2)
+            self.control_points = tf.reshape(grid, [-1, 2])  # (P*P, 2)
+
+    @property
+    def has_tps(self):
+        return self.control_params is not None
+
+    def _spline_terms(self, coordinates):
+        """Offsets to the control points and the L1 radii: (B, N, P*P, 2), (B, N, P*P)."""
+        offsets = coordinates[:, :, None, :] - self.control_points[None, None, :, :]
+        return offsets, tf.reduce_sum(tf.abs(offsets), axis=-1)
+
+    def warp_coordinates(self, coordinates):
+        """``T(z)`` for points ``coordinates`` (B or 1, N, 2) -> (B, N, 2)."""
+        coordinates = tf.convert_to_tensor(coordinates, tf.float32)
+        _check_rank("coordinates (B, N, 2)", coordinates, 3, last=2)
+        linear, shift = self.theta[:, None, :, :2], self.theta[:, None, :, 2]  # (B, 1, 2, 2), (B, 1, 2)
+        warped = tf.linalg.matvec(linear, coordinates) + shift  # (B, N, 2)
+        if self.has_tps:
+            _, radius = self._spline_terms(coordinates)
+            kernel = tf.square(radius) * tf.math.log(radius + 1e-6)
+            spline = tf.reduce_sum(kernel * self.control_params[:, None, :], axis=-1)  # (B, N)
+            warped = warped + spline[..., None]
+        return warped
+
+    def jacobian(self, coordinates):
+        """``dT/dz`` at ``coordinates`` (B or 1, N, 2) -> (B, N, 2, 2); row i is d T_i / d(x, y).
+
+        Written out analytically (so it works under XLA and can be
+        differentiated again); ``tests/test_sampling.py`` checks it against
+        automatic differentiation.
+        """
+        coordinates = tf.convert_to_tensor(coordinates, tf.float32)
+        _check_rank("coordinates (B, N, 2)", coordinates, 3, last=2)
+        n = tf.shape(coordinates)[1]
+        linear = tf.tile(self.theta[:, None, :, :2], tf.stack([1, n, 1, 1]))  # (B, N, 2, 2)
+        if not self.has_tps:
+            return linear
+        offsets, radius = self._spline_terms(coordinates)
+        # d/dr [r^2 log(r + eps)] = 2 r log(r + eps) + r^2 / (r + eps); dr/dz = sign(offset).
+        d_kernel = 2.0 * radius * tf.math.log(radius + 1e-6) + tf.square(radius) / (radius + 1e-6)
+        weights = (d_kernel * self.control_params[:, None, :])[..., None]  # (B, N, P*P, 1)
+        gradient = tf.reduce_sum(weights * tf.sign(offsets), axis=2)  # (B, N, 2)
+        return linear + gradient[:, :, None, :]  # same spline gradient in both rows
+
+    def transform_frame(self, images):
+        """Warp ``images`` (B, H, W, C) by ``T`` with reflection padding, as the original."""
+        images = tf.convert_to_tensor(images)
+        _check_rank("images (B, H, W, C)", images, 4)
+        height, width = images.shape[1], images.shape[2]
+        grid = tf.reshape(make_coordinate_grid(height, width), [1, height * width, 2])
+        grid = self.warp_coordinates(grid)  # (B, H*W, 2)
+        grid = tf.reshape(grid, [-1, height, width, 2])
+        return grid_sample(images, grid, padding_mode="reflection", align_corners=True)

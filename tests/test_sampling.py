@@ -1,0 +1,386 @@
+"""Checks of the geometry core against NumPy, PyTorch, tfa and the parity fixtures."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fomm_lessons import sampling
+from fomm_lessons.sampling import (
+    AntiAliasDownsample,
+    ImagePyramid,
+    ThinPlateSplineTransform,
+    grid_sample,
+    keypoints_to_gaussian,
+    make_coordinate_grid,
+    resample,
+)
+
+PADDINGS = ["zeros", "border", "reflection"]
+
+
+# ---------------------------------------------------------------------------
+# An independent float64 NumPy reference of PyTorch's grid_sample, written
+# point by point from the definition in PyTorch's documentation.
+# ---------------------------------------------------------------------------
+
+def _np_source_index(coord, size, padding, align):
+    coord = (coord + 1) / 2 * (size - 1) if align else ((coord + 1) * size - 1) / 2
+    if padding == "border":
+        coord = min(max(coord, 0.0), size - 1.0)
+    elif padding == "reflection":
+        # Mirror about the outermost pixel centres (align) or the image edges (not align).
+        low, high = (0.0, size - 1.0) if align else (-0.5, size - 0.5)
+        if high <= low:
+            coord = 0.0
+        else:
+            period = 2 * (high - low)
+            offset = math.fmod(abs(coord - low), period)
+            coord = low + (offset if offset <= high - low else period - offset)
+        coord = min(max(coord, 0.0), size - 1.0)
+    return coord
+
+
+def numpy_grid_sample(images, grid, padding="zeros", align=True):
+    images = np.asarray(images, np.float64)
+    grid = np.asarray(grid, np.float64)
+    batch, height, width, channels = images.shape
+    out = np.zeros(grid.shape[:3] + (channels,))
+    for b in range(batch):
+        for i in range(grid.shape[1]):
+            for j in range(grid.shape[2]):
+                x = _np_source_index(grid[b, i, j, 0], width, padding, align)
+                y = _np_source_index(grid[b, i, j, 1], height, padding, align)
+                x0, y0 = math.floor(x), math.floor(y)
+                for xi, wx in ((x0, x0 + 1 - x), (x0 + 1, x - x0)):
+                    for yi, wy in ((y0, y0 + 1 - y), (y0 + 1, y - y0)):
+                        if 0 <= xi < width and 0 <= yi < height:
+                            out[b, i, j] += wx * wy * images[b, yi, xi]
+    return out
+
+
+def _test_points(rng, batch, h, w):
+    """Grid points inside, exactly on pixel centres and borders, and far outside."""
+    grid = rng.uniform(-1.0, 1.0, size=(batch, h, w, 2))
+    grid[:, 0, :, :] = rng.uniform(-3.5, 3.5, size=(batch, w, 2))  # far outside
+    grid[:, 1, 0] = [-1.0, -1.0]
+    grid[:, 1, 1] = [1.0, 1.0]
+    grid[:, 1, 2] = [1.0, -1.0]
+    grid[:, 1, 3] = [-1.02, 0.3]  # just outside the corner centres
+    grid[:, 1, 4] = [0.5, 1.04]
+    return grid.astype(np.float32)
+
+
+@pytest.mark.parametrize("align", [True, False])
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_grid_sample_matches_numpy(padding, align):
+    rng = np.random.default_rng(0)
+    images = rng.random((2, 5, 7, 3)).astype(np.float32)
+    grid = _test_points(rng, 2, 6, 5)
+    got = grid_sample(images, grid, padding_mode=padding, align_corners=align).numpy()
+    want = numpy_grid_sample(images, grid, padding, align)
+    np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+@pytest.mark.parametrize("align", [True, False])
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_grid_sample_matches_torch(padding, align):
+    torch = pytest.importorskip("torch", reason="PyTorch is the optional oracle: pip install -e '.[oracle]'")
+    rng = np.random.default_rng(1)
+    images = rng.random((3, 9, 11, 4)).astype(np.float32)
+    grid = _test_points(rng, 3, 8, 10)
+    got = grid_sample(images, grid, padding_mode=padding, align_corners=align).numpy()
+    want = torch.nn.functional.grid_sample(
+        torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(grid),
+        mode="bilinear", padding_mode=padding, align_corners=align,
+    ).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+@pytest.mark.parametrize("align", [True, False])
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_grid_sample_gradients_match_torch(padding, align):
+    torch = pytest.importorskip("torch", reason="PyTorch is the optional oracle: pip install -e '.[oracle]'")
+    rng = np.random.default_rng(2)
+    images = rng.random((2, 6, 7, 3)).astype(np.float32)
+    grid = rng.uniform(-1.3, 1.3, size=(2, 4, 5, 2)).astype(np.float32)
+    weights = rng.random((2, 4, 5, 3)).astype(np.float32)
+    images_tf, grid_tf = tf.constant(images), tf.constant(grid)
+    with tf.GradientTape() as tape:
+        tape.watch([images_tf, grid_tf])
+        loss = tf.reduce_sum(grid_sample(images_tf, grid_tf, padding, align) * weights)
+    d_images, d_grid = tape.gradient(loss, [images_tf, grid_tf])
+
+    images_t = torch.from_numpy(images).permute(0, 3, 1, 2).requires_grad_(True)
+    grid_t = torch.from_numpy(grid).requires_grad_(True)
+    out = torch.nn.functional.grid_sample(images_t, grid_t, padding_mode=padding, align_corners=align)
+    (out * torch.from_numpy(weights).permute(0, 3, 1, 2)).sum().backward()
+    np.testing.assert_allclose(d_images.numpy(), images_t.grad.permute(0, 2, 3, 1).numpy(), atol=1e-5)
+    np.testing.assert_allclose(d_grid.numpy(), grid_t.grad.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("align", [True, False])
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_grid_sample_gradients_match_finite_differences(padding, align):
+    rng = np.random.default_rng(3)
+    images = tf.constant(rng.random((1, 4, 5, 2)), tf.float64)
+    # Points away from pixel-centre lines and reflection folds, where the map is smooth.
+    grid = tf.constant(rng.uniform(-1.2, 1.2, size=(1, 3, 3, 2)), tf.float64)
+    theoretical, numerical = tf.test.compute_gradient(
+        lambda im, g: grid_sample(im, g, padding, align), [images, grid], delta=1e-6
+    )
+    for t, n in zip(theoretical, numerical):
+        np.testing.assert_allclose(t, n, atol=1e-5)
+
+
+def test_identity_grid_returns_the_image_exactly():
+    rng = np.random.default_rng(4)
+    for height, width in [(37, 53), (64, 64), (256, 256), (1, 5)]:
+        images = rng.random((2, height, width, 3)).astype(np.float32)
+        grid = tf.tile(make_coordinate_grid(height, width)[None], [2, 1, 1, 1])
+        for padding in PADDINGS:
+            out = grid_sample(images, grid, padding_mode=padding).numpy()
+            np.testing.assert_array_equal(out, images)
+
+
+def test_make_coordinate_grid_convention():
+    grid = make_coordinate_grid(3, 5).numpy()
+    assert grid.shape == (3, 5, 2)
+    np.testing.assert_allclose(grid[0, :, 0], [-1, -0.5, 0, 0.5, 1])  # x along the width
+    np.testing.assert_allclose(grid[:, 0, 1], [-1, 0, 1])  # y along the height
+    assert make_coordinate_grid(4, 4, tf.float16).dtype == tf.float16
+
+
+def test_grid_sample_works_in_tf_function_and_xla():
+    rng = np.random.default_rng(5)
+    images = tf.constant(rng.random((2, 8, 9, 3)), tf.float32)
+    grid = tf.constant(rng.uniform(-1.1, 1.1, size=(2, 4, 6, 2)), tf.float32)
+    eager = grid_sample(images, grid).numpy()
+    traced = tf.function(grid_sample)(images, grid).numpy()
+    xla = tf.function(grid_sample, jit_compile=True)(images, grid).numpy()
+    np.testing.assert_allclose(traced, eager, atol=1e-6)
+    np.testing.assert_allclose(xla, eager, atol=1e-6)
+
+    # Unknown batch and spatial sizes at trace time.
+    spec = [tf.TensorSpec([None, None, None, 3]), tf.TensorSpec([None, None, None, 2])]
+    dynamic = tf.function(grid_sample, input_signature=spec)(images, grid).numpy()
+    np.testing.assert_allclose(dynamic, eager, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype, atol", [(tf.float16, 2e-3), (tf.bfloat16, 2e-2)])
+def test_grid_sample_low_precision(dtype, atol):
+    rng = np.random.default_rng(6)
+    images = rng.random((2, 16, 16, 3)).astype(np.float32)
+    grid = rng.uniform(-1, 1, size=(2, 8, 8, 2)).astype(np.float32)
+    want = numpy_grid_sample(images, grid)
+    images_low = tf.cast(images, dtype)
+    with tf.GradientTape() as tape:
+        tape.watch(images_low)
+        out = grid_sample(images_low, tf.cast(grid, dtype))
+    assert out.dtype == dtype
+    assert tape.gradient(out, images_low).dtype == dtype
+    # The error budget is the dtype's rounding of the pixel values and the coordinates.
+    coordinate_error = np.abs(tf.cast(tf.cast(grid, dtype), tf.float32).numpy() - grid).max() * 7.5
+    np.testing.assert_allclose(tf.cast(out, tf.float32).numpy(), want, atol=atol + coordinate_error)
+
+
+def test_bad_shapes_raise_value_errors_naming_them():
+    images = tf.zeros([2, 8, 8, 3])
+    with pytest.raises(ValueError, match=r"rank 4.*\(8, 8, 3\)"):
+        grid_sample(tf.zeros([8, 8, 3]), tf.zeros([2, 4, 4, 2]))
+    with pytest.raises(ValueError, match=r"last axis 2.*\(2, 4, 4, 3\)"):
+        grid_sample(images, tf.zeros([2, 4, 4, 3]))
+    with pytest.raises(ValueError, match=r"same batch size.*\(2, 8, 8, 3\).*\(3, 4, 4, 2\)"):
+        grid_sample(images, tf.zeros([3, 4, 4, 2]))
+    with pytest.raises(ValueError, match="padding_mode"):
+        grid_sample(images, tf.zeros([2, 4, 4, 2]), padding_mode="wrap")
+    with pytest.raises(ValueError, match=r"same batch size.*\(3, 5, 2\)"):
+        resample(images, tf.zeros([3, 5, 2]))
+    with pytest.raises(ValueError, match=r"kp \(B, K, 2\).*\(10, 2\)"):
+        keypoints_to_gaussian(tf.zeros([10, 2]), (8, 8), 0.01)
+
+
+# ---------------------------------------------------------------------------
+# resample: tfa.image.resampler semantics
+# ---------------------------------------------------------------------------
+
+def numpy_resample(images, warp):
+    """tfa's resampler: bilinear at pixel coordinates, zero outside the image."""
+    batch, height, width, _ = images.shape
+    flat = warp.reshape(batch, -1, 1, 2).copy()
+    flat[..., 0] = flat[..., 0] / (width - 1) * 2 - 1
+    flat[..., 1] = flat[..., 1] / (height - 1) * 2 - 1
+    out = numpy_grid_sample(images, flat, "zeros", True)
+    return out.reshape(warp.shape[:-1] + (images.shape[-1],))
+
+
+def test_resample_matches_pixel_coordinate_reference():
+    rng = np.random.default_rng(7)
+    images = rng.random((2, 6, 8, 3)).astype(np.float32)
+    warp = rng.uniform(-2, 9, size=(2, 3, 4, 5, 2)).astype(np.float32)  # any (B, ..., 2)
+    got = resample(images, warp).numpy()
+    assert got.shape == (2, 3, 4, 5, 3)
+    np.testing.assert_allclose(got, numpy_resample(images, warp), atol=2e-6)
+    # The corner pixel centres are integer coordinates.
+    np.testing.assert_allclose(resample(images, [[[0.0, 0.0], [7.0, 5.0]]] * 2).numpy()[0],
+                               images[0, [0, 5], [0, 7]], atol=1e-7)
+
+
+def test_resample_matches_tensorflow_addons():
+    tfa = pytest.importorskip(
+        "tensorflow_addons",
+        reason="tensorflow-addons does not import on TF >= 2.16; run `make test-legacy` "
+        "for the Python 3.11 + tensorflow 2.15.1 + tensorflow-addons 0.23.0 cross-check",
+    )
+    rng = np.random.default_rng(8)
+    images = rng.random((2, 6, 8, 3)).astype(np.float32)
+    warp = rng.uniform(-2, 9, size=(2, 7, 5, 2)).astype(np.float32)
+    warp[:, 0, :2] = [[0.0, 0.0], [7.0, 5.0]]
+    np.testing.assert_allclose(resample(images, warp).numpy(),
+                               tfa.image.resampler(images, warp).numpy(), atol=2e-6)
+    images_tf, warp_tf = tf.constant(images), tf.constant(warp)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([images_tf, warp_tf])
+        ours = tf.reduce_sum(resample(images_tf, warp_tf) ** 2)
+        theirs = tf.reduce_sum(tfa.image.resampler(images_tf, warp_tf) ** 2)
+    for a, b in zip(tape.gradient(ours, [images_tf, warp_tf]), tape.gradient(theirs, [images_tf, warp_tf])):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-4)
+
+
+# ---------------------------------------------------------------------------
+# Keypoint heatmaps, anti-aliased downsampling, pyramid
+# ---------------------------------------------------------------------------
+
+def test_keypoints_to_gaussian_matches_formula():
+    kp = np.array([[[0.0, 0.0], [0.5, -0.25]]], np.float32)  # (1, 2, 2)
+    heat = keypoints_to_gaussian(kp, (5, 9), 0.01).numpy()
+    assert heat.shape == (1, 5, 9, 2)
+    ys, xs = np.linspace(-1, 1, 5), np.linspace(-1, 1, 9)
+    for k, (px, py) in enumerate(kp[0]):
+        want = np.exp(-0.5 * ((xs[None, :] - px) ** 2 + (ys[:, None] - py) ** 2) / 0.01)
+        np.testing.assert_allclose(heat[0, :, :, k], want, atol=1e-6)
+    assert heat[0, 2, 4, 0] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("scale, kernel_size", [(0.5, 5), (0.25, 13), (0.125, 29)])
+def test_antialias_downsample_matches_numpy(scale, kernel_size):
+    rng = np.random.default_rng(9)
+    images = rng.random((2, 32, 24, 3)).astype(np.float32)
+    out = AntiAliasDownsample(3, scale)(images).numpy()
+    stride = round(1 / scale)
+    sigma = (1 / scale - 1) / 2
+    assert AntiAliasDownsample(3, scale).kernel_size == kernel_size == 2 * round(4 * sigma) + 1
+    taps = np.exp(-((np.arange(kernel_size) - (kernel_size - 1) / 2) ** 2) / (2 * sigma**2))
+    kernel = np.outer(taps, taps) / np.outer(taps, taps).sum()
+    pad = kernel_size // 2
+    padded = np.pad(images.astype(np.float64), [(0, 0), (pad, pad), (pad, pad), (0, 0)])
+    want = np.zeros((2, 32 // stride, 24 // stride, 3))
+    for i in range(want.shape[1]):
+        for j in range(want.shape[2]):
+            window = padded[:, i * stride:i * stride + kernel_size, j * stride:j * stride + kernel_size]
+            want[:, i, j] = np.einsum("bhwc,hw->bc", window, kernel)
+    assert out.shape == want.shape
+    np.testing.assert_allclose(out, want, atol=1e-5)
+
+
+def test_antialias_matches_torch_original_definition():
+    torch = pytest.importorskip("torch", reason="PyTorch is the optional oracle: pip install -e '.[oracle]'")
+    rng = np.random.default_rng(10)
+    images = rng.random((2, 40, 40, 3)).astype(np.float32)
+    layer = AntiAliasDownsample(3, 0.25)
+    weight = torch.from_numpy(layer.kernel_2d)[None, None].repeat(3, 1, 1, 1)
+    x = torch.nn.functional.pad(torch.from_numpy(images).permute(0, 3, 1, 2), (6, 6, 6, 6))
+    want = torch.nn.functional.conv2d(x, weight, groups=3)[:, :, ::4, ::4].permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(layer(images).numpy(), want, atol=1e-6)
+
+
+def test_antialias_identity_at_scale_one_and_bad_scale():
+    images = np.random.default_rng(11).random((1, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_array_equal(AntiAliasDownsample(3, 1.0)(images).numpy(), images)
+    with pytest.raises(ValueError, match="0.3"):
+        AntiAliasDownsample(3, 0.3)
+    with pytest.raises(ValueError, match="1.5"):
+        AntiAliasDownsample(3, 1.5)
+
+
+def test_image_pyramid_returns_every_scale():
+    images = np.random.default_rng(12).random((2, 64, 64, 3)).astype(np.float32)
+    pyramid = ImagePyramid([1, 0.5, 0.25, 0.125])(images)
+    assert {s: tuple(v.shape) for s, v in pyramid.items()} == {
+        1.0: (2, 64, 64, 3), 0.5: (2, 32, 32, 3), 0.25: (2, 16, 16, 3), 0.125: (2, 8, 8, 3)}
+    np.testing.assert_array_equal(pyramid[1.0].numpy(), images)
+    # A blur that sums to one keeps the mean away from the zero-padded border.
+    np.testing.assert_allclose(pyramid[0.5].numpy()[:, 4:-4, 4:-4].mean(), images[:, 8:-8, 8:-8].mean(), atol=0.01)
+
+
+# ---------------------------------------------------------------------------
+# Thin-plate-spline transform against the original's outputs
+# ---------------------------------------------------------------------------
+
+@pytest.fixture()
+def parity_tps(parity):
+    return ThinPlateSplineTransform.from_params(parity["tps/theta"], parity["tps/control_params"])
+
+
+def test_tps_control_points_match_original(parity, parity_tps):
+    np.testing.assert_allclose(parity_tps.control_points.numpy(), parity["tps/control_points"].reshape(-1, 2))
+
+
+def test_tps_warp_coordinates_match_original(parity, parity_tps):
+    got = parity_tps.warp_coordinates(parity["tps/coordinates"]).numpy()
+    np.testing.assert_allclose(got, parity["tps/warped_coordinates"], atol=1e-5)
+
+
+def test_tps_jacobian_matches_original(parity, parity_tps):
+    got = parity_tps.jacobian(parity["tps/coordinates"]).numpy()
+    np.testing.assert_allclose(got, parity["tps/jacobian"], atol=1e-5)
+
+
+def test_tps_transform_frame_matches_original(parity, parity_tps):
+    driving = parity["inputs/driving"].transpose(0, 2, 3, 1)
+    got = parity_tps.transform_frame(driving).numpy()
+    np.testing.assert_allclose(got, parity["tps/transformed_driving"].transpose(0, 2, 3, 1), atol=1e-5)
+
+
+def test_tps_jacobian_matches_autodiff_and_second_derivatives_exist():
+    transform = ThinPlateSplineTransform(3, sigma_affine=0.05, sigma_tps=0.05, points_tps=5, seed=1)
+    points = tf.constant(np.random.default_rng(13).uniform(-1, 1, (3, 7, 2)), tf.float32)
+    with tf.GradientTape(persistent=True) as outer:
+        outer.watch(points)
+        with tf.GradientTape() as tape:
+            tape.watch(points)
+            warped = tf.reshape(transform.warp_coordinates(points), [3, -1])  # (3, 14)
+        autodiff = tape.batch_jacobian(warped, points)  # (3, 14, 7, 2)
+        analytic = transform.jacobian(points)
+        total = tf.reduce_sum(analytic ** 2)
+    autodiff = tf.reshape(autodiff, [3, 7, 2, 7, 2])
+    autodiff = tf.stack([autodiff[:, n, :, n, :] for n in range(7)], axis=1)  # (3, 7, 2, 2)
+    np.testing.assert_allclose(analytic.numpy(), autodiff.numpy(), atol=1e-5)
+    second = outer.gradient(total, points)
+    assert second is not None and np.all(np.isfinite(second.numpy()))
+
+
+def test_tps_random_parameters_are_seeded_and_scaled():
+    a = ThinPlateSplineTransform(4, 0.05, 0.005, 5, seed=3)
+    b = ThinPlateSplineTransform(4, 0.05, 0.005, 5, seed=3)
+    c = ThinPlateSplineTransform(4, 0.05, 0.005, 5, seed=4)
+    np.testing.assert_array_equal(a.theta.numpy(), b.theta.numpy())
+    assert not np.array_equal(a.theta.numpy(), c.theta.numpy())
+    assert a.control_params.shape == (4, 25)
+    big = ThinPlateSplineTransform(2000, 0.05, 0.005, 5, seed=0)
+    noise = big.theta.numpy() - np.eye(2, 3)
+    assert noise.std() == pytest.approx(0.05, rel=0.05)
+    assert big.control_params.numpy().std() == pytest.approx(0.005, rel=0.05)
+    affine_only = ThinPlateSplineTransform(2, 0.05, seed=0)
+    assert not affine_only.has_tps
+    points = tf.zeros([1, 3, 2])
+    np.testing.assert_allclose(affine_only.warp_coordinates(points).numpy(),
+                               np.broadcast_to(affine_only.theta.numpy()[:, None, :, 2], (2, 3, 2)), atol=1e-7)
+
+
+def test_tps_identity_parameters_leave_frames_unchanged():
+    identity = ThinPlateSplineTransform.from_params(np.tile(np.eye(2, 3), (2, 1, 1)), np.zeros((2, 1, 25)))
+    images = np.random.default_rng(14).random((2, 16, 16, 3)).astype(np.float32)
+    np.testing.assert_array_equal(identity.transform_frame(images).numpy(), images)
+
