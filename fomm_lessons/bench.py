@@ -99,8 +99,41 @@ def bench_sampler(argv):
 
 
 def bench_animate(argv):
-    """Keypoint detection plus generation at inference (the networks issue)."""
-    raise NotImplementedError("the animate benchmark comes with the networks")
+    """Keypoint detection of the driving frames plus generation, at inference, per batch of frames."""
+    parser = argparse.ArgumentParser(prog="fomm_lessons.bench animate")
+    parser.add_argument("--config", default="vox-256", help="FOMM YAML config or a built-in name")
+    parser.add_argument("--size", type=int, default=256, help="frame size")
+    parser.add_argument("--batch", type=int, default=1, help="frames per batch")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--xla", action="store_true", help="also time jit_compile=True")
+    args = parser.parse_args(argv)
+
+    import numpy as np
+    import tensorflow as tf
+
+    from fomm_lessons.checkpoint import build_models
+    from fomm_lessons.config import load_config
+
+    # Random weights: the time of a forward pass does not depend on their values.
+    models = build_models(load_config(args.config)["model_params"], discriminator=False)
+    rng = np.random.default_rng(0)
+    source = tf.constant(rng.random((args.batch, args.size, args.size, 3), dtype=np.float32))
+    driving = tf.constant(rng.random((args.batch, args.size, args.size, 3), dtype=np.float32))
+    kp_source = models.kp_detector(source, training=False)  # once per source image, as in animation
+
+    for mode, jit in [("tf.function", False)] + ([("xla", True)] if args.xla else []):
+
+        @tf.function(jit_compile=jit)
+        def step(source, driving, kp_source):
+            kp_driving = models.kp_detector(driving, training=False)
+            return models.generator(source, kp_source=kp_source, kp_driving=kp_driving, training=False)["prediction"]
+
+        median, best = time_call(lambda: step(source, driving, kp_source).numpy(), args.repeats, args.warmup)
+        report(workload="animate", config=args.config, size=args.size, batch=args.batch,
+               impl=f"fomm_lessons ({mode}, tensorflow {tf.__version__})", threads=os.cpu_count(),
+               median_s=round(median, 4), min_s=round(best, 4), frames_per_s=round(args.batch / median, 3))
+    return 0
 
 
 def bench_data(argv):

@@ -105,47 +105,67 @@ def _snap_to_pixel_centres(coord, size):
     return coord + tf.stop_gradient(tf.where(close, nearest - coord, tf.zeros_like(coord)))
 
 
+def _axis_weights(coord, size):
+    """The two neighbours along one axis: clamped indices, weights, validity.
+
+    A neighbour outside ``[0, size - 1]`` gets weight 0 (zero padding) and a
+    clamped index, so that the gather stays in bounds.
+    """
+    low = tf.floor(coord)
+    w_high = coord - low
+    w_low = 1.0 - w_high
+    valid_low = tf.cast((low >= 0.0) & (low <= size - 1.0), coord.dtype)
+    valid_high = tf.cast((low >= -1.0) & (low <= size - 2.0), coord.dtype)
+    i_low = tf.cast(tf.clip_by_value(low, 0.0, size - 1.0), tf.int32)
+    i_high = tf.cast(tf.clip_by_value(low + 1.0, 0.0, size - 1.0), tf.int32)
+    return (i_low, i_high), (w_low * valid_low, w_high * valid_high), (valid_low, valid_high)
+
+
 def _bilinear(images, x, y):
     """Bilinear sampling at pixel coordinates ``x``, ``y`` of shape (B, n); zero outside.
 
-    Returns (B, n, C) in the compute dtype of ``x``.
+    Returns (B, n, C) in the compute dtype of ``x``. The gradient is written
+    out by hand: one segment sum for the image and the bilinear slopes for the
+    coordinates, instead of differentiating every elementwise step.
     """
+    dtype = x.dtype
     shape = tf.shape(images)
     batch, height, width = shape[0], shape[1], shape[2]
     channels = images.shape[-1] if images.shape[-1] is not None else shape[3]
-    dtype = x.dtype
-    h = tf.cast(height, dtype)
-    w = tf.cast(width, dtype)
 
-    x0 = tf.floor(x)
-    y0 = tf.floor(y)
-    wx1 = x - x0
-    wy1 = y - y0
-    wx0 = 1.0 - wx1
-    wy0 = 1.0 - wy1
+    @tf.custom_gradient
+    def sample(images, x, y):
+        (x0, x1), (wx0, wx1), (vx0, vx1) = _axis_weights(x, tf.cast(width, dtype))
+        (y0, y1), (wy0, wy1), (vy0, vy1) = _axis_weights(y, tf.cast(height, dtype))
+        flat = tf.reshape(images, [-1, channels])  # (B*H*W, C)
+        first_row = (tf.range(batch) * (height * width))[:, None]  # (B, 1)
+        row0 = first_row + y0 * width
+        row1 = first_row + y1 * width
+        index = tf.stack([row0 + x0, row0 + x1, row1 + x0, row1 + x1])  # (4, B, n)
+        corners = tf.cast(tf.gather(flat, index), dtype)  # (4, B, n, C)
+        c00, c01, c10, c11 = tf.unstack(corners)  # c<row><col>
+        out = (c00 * (wx0 * wy0)[..., None] + c01 * (wx1 * wy0)[..., None]
+               + c10 * (wx0 * wy1)[..., None] + c11 * (wx1 * wy1)[..., None])  # (B, n, C)
 
-    flat = tf.reshape(images, [-1, channels])  # (B*H*W, C)
-    base = tf.range(batch) * (height * width)
-    base = base[:, None]  # (B, 1)
+        def grad(upstream):
+            upstream = tf.cast(upstream, dtype)
+            weights = tf.stack([wx0 * wy0, wx1 * wy0, wx0 * wy1, wx1 * wy1])[..., None]  # (4, B, n, 1)
+            d_flat = tf.math.unsorted_segment_sum(
+                tf.reshape(upstream[None] * weights, [-1, channels]),
+                tf.reshape(index, [-1]), batch * height * width)
+            d_images = tf.cast(tf.reshape(d_flat, shape), images.dtype)
+            # d out / dx: the weights are linear in x with slopes -vx0 and +vx1.
+            slope_x = (vx1 * wy0)[..., None] * c01 - (vx0 * wy0)[..., None] * c00 \
+                + (vx1 * wy1)[..., None] * c11 - (vx0 * wy1)[..., None] * c10
+            slope_y = (vy1 * wx0)[..., None] * c10 - (vy0 * wx0)[..., None] * c00 \
+                + (vy1 * wx1)[..., None] * c11 - (vy0 * wx1)[..., None] * c01
+            d_x = tf.reduce_sum(upstream * slope_x, axis=-1)
+            d_y = tf.reduce_sum(upstream * slope_y, axis=-1)
+            return d_images, d_x, d_y
 
-    xs = (x0, x0 + 1.0)
-    ys = (y0, y0 + 1.0)
-    weights_x = (wx0, wx1)
-    weights_y = (wy0, wy1)
-    indices, weights = [], []
-    for j in range(2):
-        for i in range(2):
-            xi, yi = xs[i], ys[j]
-            inside = (xi >= 0.0) & (xi <= w - 1.0) & (yi >= 0.0) & (yi <= h - 1.0)
-            weight = weights_x[i] * weights_y[j] * tf.cast(inside, dtype)
-            xi = tf.cast(tf.clip_by_value(xi, 0.0, w - 1.0), tf.int32)
-            yi = tf.cast(tf.clip_by_value(yi, 0.0, h - 1.0), tf.int32)
-            indices.append(base + yi * width + xi)
-            weights.append(weight)
-    corners = tf.gather(flat, tf.stack(indices))  # (4, B, n, C)
-    corners = tf.cast(corners, dtype)
-    weights = tf.stack(weights)[..., None]  # (4, B, n, 1)
-    return tf.reduce_sum(corners * weights, axis=0)  # (B, n, C)
+        return out, grad
+
+    return sample(images, x, y)
 
 
 def grid_sample(images, grid, padding_mode="zeros", align_corners=True):
