@@ -58,6 +58,8 @@ def pytest_ignore_collect(collection_path, config):
     if path.suffix == ".ipynb":
         if ".ipynb_checkpoints" in path.parts or "_build" in path.parts:
             return True
+        if os.environ.get("FOMM_NBVAL_ALL"):  # a chapter in progress, not yet in _toc.yml
+            return None
         return path.resolve() not in {p.resolve() for p in toc_notebooks()}
     if path.name in {".venv", ".venv-legacy", "_build"}:
         return True
