@@ -1,0 +1,103 @@
+"""A tiny HTTP server on 127.0.0.1 for the remote-zip tests: Range, redirects, dropped connections."""
+
+import http.server
+import re
+import socket
+import struct
+import threading
+import time
+
+ZIP_NAME = "vox2/vox2_test_mp4.zip"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def do_GET(self):
+        state = self.server.state
+        state.requests.append((self.path, self.headers.get("Range")))
+        if state.redirect and self.path == f"/resolve/main/{ZIP_NAME}":
+            self.send_response(302)
+            self.send_header("Location", f"/blob/{ZIP_NAME}")
+            self.send_header("X-Repo-Commit", COMMIT)
+            self.send_header("X-Linked-Size", str(len(state.blob)))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if self.path != f"/blob/{ZIP_NAME}":
+            self.send_error(404, "no such file")
+            return
+        blob, start, end = state.blob, 0, len(state.blob) - 1
+        wanted = self.headers.get("Range")
+        if state.ranges and wanted:
+            match = re.fullmatch(r"bytes=(\d*)-(\d*)", wanted.strip())
+            if match.group(1):
+                start = int(match.group(1))
+                end = min(int(match.group(2)), end) if match.group(2) else end
+            else:  # suffix range: the last N bytes
+                start = max(0, len(blob) - int(match.group(2)))
+            if start > end:
+                self.send_error(416, "range not satisfiable")
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{end}/{len(blob)}")
+        else:
+            self.send_response(200)
+        body = blob[start:end + 1]
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Accept-Ranges", "bytes" if state.ranges else "none")
+        self.end_headers()
+        cut = len(body)
+        with state.lock:
+            if state.drops and len(body) > state.drop_min_bytes:
+                cut = min(cut, state.drops.pop(0))
+        with state.lock:  # counted before writing, so a client never sees bytes not yet counted
+            state.bytes_sent += cut
+        try:
+            self.wfile.write(body[:cut])
+            self.wfile.flush()
+            if cut < len(body) and state.drop_mode == "stall":  # hang until the client times out
+                time.sleep(state.stall_s)
+            elif cut < len(body) and state.drop_mode == "reset":  # close with a TCP RST
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except (BrokenPipeError, ConnectionResetError):  # the client hung up (no-Range probe)
+            pass
+        self.close_connection = True
+
+
+class _State:
+    def __init__(self, blob, ranges, drops, drop_min_bytes, redirect, drop_mode):
+        self.blob, self.ranges, self.redirect = blob, ranges, redirect
+        self.drops, self.drop_min_bytes, self.drop_mode, self.stall_s = list(drops), drop_min_bytes, drop_mode, 1.0
+        self.bytes_sent, self.requests, self.lock = 0, [], threading.Lock()
+
+
+class ZipServer:
+    """Serve ``blob`` as ZIP_NAME; ``drops`` lists byte counts after which successive bodies are cut.
+
+    ``drop_mode``: "close" ends the connection early, "reset" sends a TCP reset, "stall" stops
+    sending for ``state.stall_s`` seconds (the client's read times out).
+    """
+
+    def __init__(self, blob, *, ranges=True, drops=(), drop_min_bytes=0, redirect=True, drop_mode="close"):
+        self.state = _State(blob, ranges, drops, drop_min_bytes, redirect, drop_mode)
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.state = self.state
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
+
+    @property
+    def url(self):
+        prefix = "/resolve/main/" if self.state.redirect else "/blob/"
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}{prefix}{ZIP_NAME}"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
