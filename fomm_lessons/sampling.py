@@ -111,7 +111,9 @@ def _axis_weights(coord, size):
     A neighbour outside ``[0, size - 1]`` gets weight 0 (zero padding) and a
     clamped index, so that the gather stays in bounds.
     """
-    low = tf.floor(coord)
+    # NaN or Inf coordinates read nothing (index -2) and give NaN weights, so a diverging
+    # model shows up as a NaN output rather than an out-of-range gather.
+    low = tf.floor(tf.where(tf.math.is_finite(coord), coord, -2.0 * tf.ones_like(coord)))
     w_high = coord - low
     w_low = 1.0 - w_high
     valid_low = tf.cast((low >= 0.0) & (low <= size - 1.0), coord.dtype)

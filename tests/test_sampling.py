@@ -384,3 +384,10 @@ def test_tps_identity_parameters_leave_frames_unchanged():
     images = np.random.default_rng(14).random((2, 16, 16, 3)).astype(np.float32)
     np.testing.assert_array_equal(identity.transform_frame(images).numpy(), images)
 
+
+
+def test_non_finite_coordinates_give_nan_not_an_error():
+    images = tf.ones([1, 4, 4, 1])
+    grid = tf.constant([[[[np.nan, 0.0], [0.0, np.inf], [0.0, 0.0]]]], tf.float32)  # (1, 1, 3, 2)
+    out = grid_sample(images, grid).numpy()[0, 0, :, 0]
+    assert np.isnan(out[0]) and np.isnan(out[1]) and out[2] == 1.0
