@@ -136,6 +136,39 @@ def bench_animate(argv):
     return 0
 
 
+def bench_animate_video(argv):
+    """Frames per second of the whole ``animate()`` of a driving video (batched detection, batched generation)."""
+    parser = argparse.ArgumentParser(prog="fomm_lessons.bench animate-video")
+    parser.add_argument("--config", default="vox-256", help="FOMM YAML config or a built-in name")
+    parser.add_argument("--size", type=int, default=256, help="frame size")
+    parser.add_argument("--frames", type=int, default=16, help="driving frames per video")
+    parser.add_argument("--batch", type=int, nargs="+", default=[4], help="batch sizes to time")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--adapt-scale", action="store_true")
+    args = parser.parse_args(argv)
+
+    import numpy as np
+    import tensorflow as tf
+
+    from fomm_lessons.animate import animate
+    from fomm_lessons.checkpoint import build_models
+    from fomm_lessons.config import load_config
+
+    # Random weights: the time of a forward pass does not depend on their values.
+    models = build_models(load_config(args.config)["model_params"], discriminator=False)
+    rng = np.random.default_rng(0)
+    driving = rng.random((args.frames, args.size, args.size, 3), dtype=np.float32)
+    for batch in args.batch:
+        def run():
+            animate(driving[0], driving, models, adapt_movement_scale=args.adapt_scale, batch_size=batch)
+
+        median, best = time_call(run, args.repeats, warmup=1)
+        report(workload="animate-video", config=args.config, size=args.size, frames=args.frames, batch=batch,
+               impl=f"fomm_lessons.animate.animate (tensorflow {tf.__version__})", threads=os.cpu_count(),
+               median_s=round(median, 3), min_s=round(best, 3), frames_per_s=round(args.frames / median, 3))
+    return 0
+
+
 def bench_data(argv):
     """Training pairs per second of the data pipeline (decode, resize, augment, batch)."""
     parser = argparse.ArgumentParser(prog="fomm_lessons.bench data")
@@ -173,7 +206,72 @@ def bench_data(argv):
     return 0
 
 
-WORKLOADS = {"sampler": bench_sampler, "animate": bench_animate, "data": bench_data}
+def _train_config(name):
+    """An original YAML config (or built-in name), or the parity JSON's ``model_params`` with
+    vox-adv-256's ``train_params`` (its model has the depth and wiring of vox-adv-256)."""
+    import json
+
+    from fomm_lessons.config import load_config
+
+    if str(name).endswith(".json"):
+        with open(name) as f:
+            model_params = json.load(f)["model_params"]
+        config = load_config("vox-adv-256")
+        config["model_params"] = model_params
+        return config
+    return load_config(name)
+
+
+def bench_train_step(argv):
+    """Seconds per full training iteration (generator + keypoint step, then discriminator step)."""
+    parser = argparse.ArgumentParser(prog="fomm_lessons.bench train-step")
+    parser.add_argument("--config", default="vox-adv-256", help="YAML config, built-in name or parity-128.json")
+    parser.add_argument("--size", type=int, default=256, help="frame size")
+    parser.add_argument("--batch", type=int, default=1, help="global batch size")
+    parser.add_argument("--steps", type=int, default=5, help="timed iterations")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first (tracing, compiling)")
+    parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--mixed-precision", default="auto", choices=("auto", "off", "float16", "bfloat16"))
+    args = parser.parse_args(argv)
+
+    import resource
+    import tempfile
+    import warnings
+
+    import numpy as np
+    import tensorflow as tf
+
+    from fomm_lessons.training import Trainer
+
+    config = _train_config(args.config)
+    config["train_params"]["batch_size"] = args.batch
+    points = config["train_params"]["transform_params"].get("points_tps", 5)
+    rng = np.random.default_rng(0)
+    batch = {
+        "source": tf.constant(rng.random((args.batch, args.size, args.size, 3), np.float32)),
+        "driving": tf.constant(rng.random((args.batch, args.size, args.size, 3), np.float32)),
+        "tps_theta": tf.constant(np.eye(2, 3) + rng.normal(0, 0.05, (args.batch, 2, 3)), tf.float32),
+        "tps_params": tf.constant(rng.normal(0, 0.005, (args.batch, points**2)), tf.float32),
+    }
+    with tempfile.TemporaryDirectory() as out, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random VGG19 weights time the same as ImageNet ones
+        trainer = Trainer(config, out, xla=args.xla, mixed_precision=args.mixed_precision, vgg_weights="random")
+
+        def run():
+            losses, _ = trainer.train_step(batch)
+            return {k: v.numpy() for k, v in losses.items()}
+
+        median, best = time_call(run, args.steps, warmup=args.warmup)
+    device = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+    report(workload="train-step", config=str(args.config), size=args.size, batch=args.batch, device=device,
+           xla=trainer.xla, mixed_precision=trainer.precision, median_s=round(median, 4), min_s=round(best, 4),
+           images_per_s=round(args.batch / median, 3),
+           peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+    return 0
+
+
+WORKLOADS = {"sampler": bench_sampler, "train-step": bench_train_step, "animate": bench_animate,
+             "animate-video": bench_animate_video, "data": bench_data}
 
 
 def main(argv=None):

@@ -33,6 +33,24 @@ def _cmd_convert(args):
     return checkpoint.convert_main(args)
 
 
+def _cmd_train(args):
+    from fomm_lessons import training
+
+    return training.main(args)
+
+
+def _cmd_animate(args):
+    from fomm_lessons import animate
+
+    return animate.main(args)
+
+
+def _cmd_reconstruct(args):
+    from fomm_lessons import evaluate
+
+    return evaluate.main(args)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="fomm-lessons",
@@ -68,17 +86,73 @@ def build_parser():
     convert.add_argument("--checkpoint", required=True, help="the .pth.tar file")
     convert.add_argument("--out", required=True, help="output folder")
     convert.set_defaults(func=_cmd_convert)
+
+    train = commands.add_parser("train", help="train the models on a dataset")
+    train.add_argument("--config", required=True, help="FOMM YAML config (or a built-in name)")
+    train.add_argument("--data", required=True, help="dataset root with train/ and test/")
+    train.add_argument("--out", required=True, help="run folder: checkpoints, log.csv, TensorBoard")
+    train.add_argument("--steps", type=int, default=None, help="stop after this many steps")
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    train.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None,
+                       help="compile the steps with XLA (default: on for GPUs/TPUs, off on CPU)")
+    train.add_argument("--mixed-precision", choices=("auto", "off", "float16", "bfloat16"), default="auto",
+                       help="compute dtype (default auto: float16 on GPUs, bfloat16 on TPUs, off on CPU)")
+    train.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
+    train.add_argument("--seed", type=int, default=0, help="random seed")
+    train.set_defaults(func=_cmd_train)
+
+    animate = commands.add_parser("animate", help="animate a source image with a driving video")
+    animate.add_argument("--config", required=True, help="FOMM YAML config (or a built-in name)")
+    animate.add_argument("--checkpoint", required=True, help=".pth.tar or a converted weights folder")
+    animate.add_argument("--source", required=True, help="source image")
+    animate.add_argument("--driving", required=True, help="driving video (mp4, gif, PNG folder)")
+    animate.add_argument("--out", required=True, help="output video (mp4 or gif)")
+    animate.add_argument("--relative", action=argparse.BooleanOptionalAction, default=True,
+                         help="relative motion (default) or --absolute keypoints")
+    animate.add_argument("--absolute", dest="relative", action="store_false", help="same as --no-relative")
+    animate.add_argument("--adapt-scale", action="store_true", help="adapt the movement scale (convex hulls)")
+    animate.add_argument("--find-best-frame", action="store_true",
+                         help="start from the driving frame that best matches the source")
+    animate.add_argument("--audio", action="store_true", help="keep the driving video's audio")
+    animate.set_defaults(func=_cmd_animate)
+
+    reconstruct = commands.add_parser("reconstruct", help="reconstruct the test videos and report L1")
+    reconstruct.add_argument("--config", required=True, help="FOMM YAML config (or a built-in name)")
+    reconstruct.add_argument("--checkpoint", required=True, help=".pth.tar or a converted weights folder")
+    reconstruct.add_argument("--data", required=True, help="dataset root with test/")
+    reconstruct.add_argument("--out", required=True, help="folder for the reconstructions and metrics")
+    reconstruct.set_defaults(func=_cmd_reconstruct)
     return parser
 
 
 def main(argv=None):
+    """Run one command; a user error ends with one line on stderr and exit status 2, never a traceback.
+
+    Set ``FOMM_LESSONS_DEBUG=1`` to see the traceback of an unexpected error.
+    """
+    import os
+
+    def one_line(error, limit=400):  # ffmpeg and Keras write whole pages
+        text = " ".join(str(error).split()) or type(error).__name__
+        return text if len(text) <= limit else text[:limit] + " ..."
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
-    except (CommandError, FileNotFoundError, ValueError) as error:
-        print(f"fomm-lessons {args.command}: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"fomm-lessons {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (CommandError, OSError, ValueError) as error:  # OSError: missing, unreadable, unwritable paths
+        print(f"fomm-lessons {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
+    except Exception as error:
+        if os.environ.get("FOMM_LESSONS_DEBUG"):
+            raise
+        print(f"fomm-lessons {args.command}: unexpected error: {type(error).__name__}: {one_line(error)} "
+              f"(set FOMM_LESSONS_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,32 @@
+"""Videos in and out: the original's on-disk format, the ``tf.data`` loader, the
+offline sample dataset with known motion, and the VoxCeleb fetcher.
+
+Submodules load on first use, so ``import fomm_lessons.data`` imports neither
+TensorFlow nor the network code of the VoxCeleb fetcher:
+
+* :mod:`fomm_lessons.data.frames` - read and write videos (NumPy only);
+* :mod:`fomm_lessons.data.loader` - :class:`FramesDataset`, training pairs and whole videos as ``tf.data``;
+* :mod:`fomm_lessons.data.sample` - :func:`make_sample_dataset`, :func:`ground_truth_flow`;
+* :mod:`fomm_lessons.data.voxceleb` - the VoxCeleb2 subset.
+"""
+
+import importlib
+
+_SUBMODULES = {"frames", "loader", "sample", "voxceleb"}
+_EXPORTS = {
+    "read_video": "frames", "write_video": "frames", "VideoError": "frames",
+    "FramesDataset": "loader", "make_dataset": "loader",
+    "make_sample_dataset": "sample", "ground_truth_flow": "sample",
+}
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | _SUBMODULES | set(_EXPORTS))

@@ -1,0 +1,308 @@
+"""The offline sample dataset: real photographs moved by known smooth motions.
+
+Each video is one photograph shipped inside an installed package, cropped
+around the face, and moved by a thin-plate-spline transform whose parameters
+change smoothly over time. Frame ``t`` is the base crop ``B`` sampled at
+``T_t(z) / m`` (``m`` the margin of the base crop around the frame), so the
+backward flow from any driving frame ``D`` to any source frame ``S`` is known
+exactly: ``T_{S<-D} = T_S^{-1} o T_D`` (:func:`ground_truth_flow`), which is
+what FOMM's dense motion (Eq. 4 of the paper) tries to estimate.
+
+``fomm-lessons data sample --out DIR --size 64`` calls :func:`make_sample_dataset`.
+"""
+
+import json
+import os
+import shutil
+
+import numpy as np
+
+from fomm_lessons.data.frames import to_rgb, write_video
+
+META_FILE = os.path.join("meta", "sample.json")
+FORMAT = "fomm-lessons sample dataset v1"
+
+# name -> loader, whether a human face (run the LBP cascade), fallback face box
+# (centre row, centre col, side, in photo pixels), licence, attribution.
+SOURCES = {
+    "astronaut": dict(
+        load=lambda: _skimage("astronaut"), face=True, fallback=(117, 222, 93),
+        licence="public domain", attribution="Eileen Collins, NASA (Great Images database); "
+        "skimage.data.astronaut() of scikit-image"),
+    "cameraman": dict(
+        load=lambda: _skimage("camera"), face=True, fallback=(150, 210, 110),
+        licence="CC0", attribution="Lav Varshney; skimage.data.camera() of scikit-image"),
+    "chelsea": dict(
+        load=lambda: _skimage("chelsea"), face=False, fallback=(170, 245, 165),
+        licence="CC0", attribution="Chelsea the cat, Stefan van der Walt; skimage.data.chelsea() of scikit-image"),
+    "grace_hopper": dict(
+        load=lambda: _matplotlib_sample("grace_hopper.jpg"), face=True, fallback=(223, 267, 196),
+        licence="public domain", attribution="Grace Hopper, U.S. Navy photograph; "
+        "matplotlib's sample data grace_hopper.jpg"),
+}
+TRAIN_IDENTITIES = ("astronaut", "cameraman", "chelsea")
+TEST_IDENTITIES = ("grace_hopper",)
+
+
+def _skimage(name):
+    import skimage.data
+
+    return getattr(skimage.data, name)()
+
+
+def _matplotlib_sample(name):
+    from matplotlib import cbook
+    from PIL import Image
+
+    with Image.open(cbook.get_sample_data(name, asfileobj=False)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def detect_face(image):
+    """The largest frontal face found by scikit-image's LBP cascade: (row, col, side) or None."""
+    from skimage import color, data, feature
+
+    gray = image if image.ndim == 2 else color.rgb2gray(image[..., :3])
+    cascade = feature.Cascade(data.lbp_frontal_face_cascade_filename())
+    small = max(24, min(gray.shape) // 10)
+    found = cascade.detect_multi_scale(img=gray, scale_factor=1.2, step_ratio=1,
+                                       min_size=(small, small), max_size=gray.shape)
+    if not found:
+        return None
+    best = max(found, key=lambda d: d["width"] * d["height"])
+    side = (best["width"] + best["height"]) / 2.0
+    return best["r"] + best["height"] / 2.0, best["c"] + best["width"] / 2.0, side
+
+
+def _square_box(shape, centre_row, centre_col, side):
+    """A square (top, left, side) of integer pixels inside an image of ``shape``, near the asked one."""
+    side = int(round(min(side, shape[0], shape[1])))
+    top = int(round(centre_row - side / 2.0))
+    left = int(round(centre_col - side / 2.0))
+    top = min(max(top, 0), shape[0] - side)
+    left = min(max(left, 0), shape[1] - side)
+    return top, left, side
+
+
+def base_crop(name, size, margin=1.25, face_scale=1.8, blur=0.7):
+    """The base image of one identity, float32 (N, N, 3) with ``N - 1 = round(margin (size - 1))``.
+
+    The frame covers the central ``1 / margin`` of it: ``face_scale`` times
+    the face box found by the cascade (or the source's fallback box). A
+    Gaussian blur of ``blur`` pixels keeps the detail below what bilinear
+    re-sampling can carry, so that warping a frame by the true flow gives
+    back the other frame closely. Returns (base, effective margin, info dict).
+    """
+    from skimage.filters import gaussian
+    from skimage.transform import resize
+
+    source = SOURCES[name]
+    photo = to_rgb(source["load"](), name)  # (h, w, 3)
+    detected = detect_face(photo) if source["face"] else None
+    centre_row, centre_col, face = detected or source["fallback"]
+    top, left, side = _square_box(photo.shape, centre_row, centre_col, face * face_scale * margin)
+    steps = int(round(margin * (size - 1)))
+    effective_margin = steps / (size - 1)  # base pixel spacing == frame pixel spacing
+    base = resize(photo[top:top + side, left:left + side], (steps + 1, steps + 1), order=1,
+                  anti_aliasing=True, mode="edge")
+    base = gaussian(base, sigma=blur, channel_axis=-1, mode="nearest").astype(np.float32)
+    info = {"detected": detected is not None, "box_top_left_side": [top, left, side],
+            "licence": source["licence"], "attribution": source["attribution"]}
+    return base, effective_margin, info
+
+
+def _catmull_rom(keys, num_frames, every):
+    """Values at frames 0..num_frames-1 of a Catmull-Rom spline through ``keys`` (K, ...) every ``every`` frames."""
+    keys = np.concatenate([keys[:1], keys, keys[-1:]], axis=0)  # end points repeated
+    out = []
+    for t in range(num_frames):
+        k, u = divmod(t, every)
+        u = u / every
+        p0, p1, p2, p3 = keys[k], keys[k + 1], keys[k + 2], keys[k + 3]
+        out.append(0.5 * ((2 * p1) + (-p0 + p2) * u + (2 * p0 - 5 * p1 + 4 * p2 - p3) * u**2
+                          + (-p0 + 3 * p1 - 3 * p2 + p3) * u**3))
+    return np.stack(out)
+
+
+def smallest_jacobian_determinant(theta, control_params, extent=1.6, points=33):
+    """The smallest ``det dT/dz`` of each frame's warp over the square [-extent, extent]^2: (T,)."""
+    import tensorflow as tf
+
+    from fomm_lessons.sampling import ThinPlateSplineTransform, make_coordinate_grid
+
+    grid = tf.reshape(make_coordinate_grid(points, points) * extent, [1, points * points, 2])
+    jacobian = ThinPlateSplineTransform.from_params(theta, control_params).jacobian(grid)  # (T, N, 2, 2)
+    return tf.reduce_min(tf.linalg.det(jacobian), axis=1).numpy()
+
+
+def random_motion(rng, num_frames, sigma_affine, sigma_tps, points_tps, keyframe_every=8, min_det=0.5):
+    """Smooth motion: theta (T, 2, 3) and control_params (T, P*P), float32.
+
+    Key poses every ``keyframe_every`` frames are the original's random
+    transform (identity plus N(0, sigma_affine) affine and N(0, sigma_tps)
+    spline weights); between them a Catmull-Rom spline, which is smooth in
+    time. ``T(z)`` is linear in the parameters, so interpolating parameters
+    interpolates the warps themselves. Motions that fold or squeeze space
+    (``det dT/dz < min_det`` somewhere a frame can reach) are drawn again, so
+    that every warp can be inverted (:func:`ground_truth_flow`).
+    """
+    count = -(-(num_frames - 1) // keyframe_every) + 2  # enough keys for the last segment
+    for _ in range(1000):
+        keys_theta = np.eye(2, 3)[None] + rng.normal(0.0, sigma_affine, size=(count, 2, 3))
+        keys_control = rng.normal(0.0, sigma_tps, size=(count, points_tps**2))
+        theta = _catmull_rom(keys_theta, num_frames, keyframe_every).astype(np.float32)
+        control = _catmull_rom(keys_control, num_frames, keyframe_every).astype(np.float32)
+        if smallest_jacobian_determinant(theta, control).min() >= min_det:
+            return theta, control
+    raise RuntimeError(f"no motion with det(dT/dz) >= {min_det} found; lower sigma_affine or sigma_tps")
+
+
+def render(base, margin, theta, control_params):
+    """Frames (T, H, W, 3): ``base`` sampled at ``T_t(z) / margin`` with border padding."""
+    import tensorflow as tf
+
+    from fomm_lessons.sampling import ThinPlateSplineTransform, grid_sample, make_coordinate_grid
+
+    steps = base.shape[0] - 1
+    size = int(round(steps / margin)) + 1
+    grid = tf.reshape(make_coordinate_grid(size, size), [1, size * size, 2])
+    transform = ThinPlateSplineTransform.from_params(theta, control_params)
+    coords = transform.warp_coordinates(grid) / margin  # (T, H*W, 2) in base coordinates
+    coords = tf.reshape(coords, [-1, size, size, 2])
+    bases = tf.tile(tf.constant(base)[None], [coords.shape[0], 1, 1, 1])  # (T, N, N, 3)
+    return grid_sample(bases, coords, padding_mode="border").numpy()
+
+
+def make_sample_dataset(out, size=64, seed=0, num_frames=24, videos_per_identity=3,
+                        sigma_affine=0.05, sigma_tps=0.005, points_tps=5, margin=1.25,
+                        keyframe_every=8, overwrite=True):
+    """Write the sample dataset to ``out`` (``train/``, ``test/``, ``meta/sample.json``); returns ``out``.
+
+    Identities are disjoint between the splits (:data:`TRAIN_IDENTITIES`,
+    :data:`TEST_IDENTITIES`); everything follows from ``seed``.
+    """
+    size = int(size)
+    if size < 8:
+        raise ValueError(f"expected a frame size of at least 8, got {size}")
+    if num_frames < 2:
+        raise ValueError(f"expected at least 2 frames per video, got {num_frames}")
+    out = os.fspath(out)
+    if overwrite:
+        for part in ("train", "test", "meta"):
+            shutil.rmtree(os.path.join(out, part), ignore_errors=True)
+    meta = {"format": FORMAT, "size": size, "seed": int(seed), "num_frames": int(num_frames),
+            "sigma_affine": sigma_affine, "sigma_tps": sigma_tps, "points_tps": points_tps,
+            "keyframe_every": keyframe_every,
+            "convention": "frame_t(z) = base(T_t(z) / margin), T_t = ThinPlateSplineTransform."
+                          "from_params(theta[t], control_params[t]); z in [-1, 1] (x, y)",
+            "identities": {}, "videos": {}}
+    number = 0
+    for split, names in (("train", TRAIN_IDENTITIES), ("test", TEST_IDENTITIES)):
+        for name in names:
+            base, effective_margin, info = base_crop(name, size, margin)
+            meta["identities"][name] = {"split": split, **info}
+            meta["margin"] = effective_margin
+            for k in range(videos_per_identity):
+                rng = np.random.default_rng([int(seed), number])
+                number += 1
+                theta, control = random_motion(rng, num_frames, sigma_affine, sigma_tps, points_tps,
+                                               keyframe_every)
+                video = f"{split}/{name}#sample#{k:05d}.mp4"
+                write_video(os.path.join(out, video), render(base, effective_margin, theta, control))
+                meta["videos"][video] = {"identity": name, "theta": theta.tolist(),
+                                         "control_params": control.tolist()}
+    os.makedirs(os.path.join(out, "meta"), exist_ok=True)
+    with open(os.path.join(out, META_FILE), "w") as f:
+        json.dump(meta, f, indent=1, sort_keys=True)
+        f.write("\n")
+    return out
+
+
+def load_meta(root):
+    """The motion metadata of a sample dataset (``ROOT/meta/sample.json``)."""
+    path = os.path.join(os.fspath(root), META_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no sample-dataset metadata at {path}; make it with "
+                                f"`fomm-lessons data sample --out {os.fspath(root)}`")
+    with open(path) as f:
+        return json.load(f)
+
+
+def _find_video(meta, video):
+    """The metadata key of ``video``: ``train/NAME.mp4``, ``NAME.mp4`` or a path ending in it."""
+    video = os.fspath(video).rstrip("/\\").replace("\\", "/")
+    if video in meta["videos"]:
+        return video
+    matches = [key for key in meta["videos"] if key.split("/")[-1] == video.split("/")[-1]]
+    if len(matches) != 1:
+        raise ValueError(f"expected one of the sample videos {sorted(meta['videos'])}, got {video!r}")
+    return matches[0]
+
+
+def motion_params(root, video, index, meta=None):
+    """(theta (1, 2, 3), control_params (1, P*P)) of frame ``index`` of ``video``."""
+    meta = meta or load_meta(root)
+    entry = meta["videos"][_find_video(meta, video)]
+    count = len(entry["theta"])
+    if not -count <= int(index) < count:
+        raise ValueError(f"expected a frame index in [0, {count}) for {video!r}, got {index}")
+    theta = np.asarray(entry["theta"][index], np.float32)[None]
+    control = np.asarray(entry["control_params"][index], np.float32)[None]
+    return theta, control
+
+
+def invert_warp(transform, targets, iterations=40, tolerance=2e-6):
+    """Points ``y`` with ``T(y) = targets`` (1, N, 2) by damped Newton steps on ``T``'s jacobian.
+
+    A step is halved where it would not shrink the residual (far outside the
+    frame the spline term grows like ``r^2 log r`` and full steps overshoot).
+    Raises when some point cannot be inverted to 1e-4.
+    """
+    def residual_of(points):
+        return transform.warp_coordinates(points.astype(np.float32)).numpy().astype(np.float64) - targets
+
+    theta = transform.theta.numpy()[0].astype(np.float64)  # (2, 3)
+    targets = np.asarray(targets, np.float64)
+    points = np.linalg.solve(theta[:, :2], (targets[0] - theta[:, 2]).T).T[None]  # affine guess, (1, N, 2)
+    residual = residual_of(points)
+    for _ in range(iterations):
+        size = np.abs(residual).max(axis=-1)  # (1, N)
+        if size.max() < tolerance:
+            break
+        jacobian = transform.jacobian(points.astype(np.float32)).numpy().astype(np.float64)  # (1, N, 2, 2)
+        step = np.linalg.solve(jacobian, residual[..., None])[..., 0]  # (1, N, 2)
+        scale = np.ones_like(size)
+        for _ in range(12):  # backtracking, point by point
+            trial = points - scale[..., None] * step
+            trial_residual = residual_of(trial)
+            better = np.abs(trial_residual).max(axis=-1) < size
+            if better.all():
+                break
+            scale = np.where(better, scale, scale / 2)
+        points = np.where(better[..., None], trial, points)
+        residual = np.where(better[..., None], trial_residual, residual)
+    worst = np.abs(residual).max()
+    if worst > 1e-4:
+        raise RuntimeError(f"the warp could not be inverted: residual {worst:.2g} after {iterations} steps")
+    return points.astype(np.float32)
+
+
+def ground_truth_flow(root, video, source_index, driving_index):
+    """Exact backward flow ``T_{S<-D} = T_S^{-1} o T_D`` as an (H, W, 2) grid of (x, y) in [-1, 1].
+
+    ``grid_sample(source[None], flow[None])`` reproduces the driving frame
+    wherever the flow stays inside [-1, 1] (the part of the driving frame
+    visible in the source frame).
+    """
+    import tensorflow as tf
+
+    from fomm_lessons.sampling import ThinPlateSplineTransform, make_coordinate_grid
+
+    meta = load_meta(root)
+    size = meta["size"]
+    theta_s, control_s = motion_params(root, video, source_index, meta)
+    theta_d, control_d = motion_params(root, video, driving_index, meta)
+    grid = tf.reshape(make_coordinate_grid(size, size), [1, size * size, 2])
+    target = ThinPlateSplineTransform.from_params(theta_d, control_d).warp_coordinates(grid)  # T_D(z)
+    flow = invert_warp(ThinPlateSplineTransform.from_params(theta_s, control_s), target.numpy())
+    return flow.reshape(size, size, 2)  # (H, W, 2)

@@ -1,0 +1,223 @@
+"""Pictures of what the model does: keypoints, flow fields, masks, side-by-side videos, training curves.
+
+Frames are float RGB (H, W, 3) in [0, 1]; coordinates are (x, y) in [-1, 1]
+with -1/+1 at the corner pixel centres (:func:`fomm_lessons.sampling.make_coordinate_grid`),
+so pixel column ``(x + 1) / 2 * (W - 1)``. Flow colours follow the colour wheel
+of Baker et al., "A Database and Evaluation Methodology for Optical Flow"
+(IJCV 2011): hue is the direction, saturation the length.
+"""
+
+import csv
+
+import numpy as np
+
+# Colour-wheel segments (Baker et al. 2011): from each primary or secondary
+# colour to the next, with this many steps, chosen so hues look evenly spaced.
+WHEEL_STOPS = ((255, 0, 0), (255, 255, 0), (0, 255, 0), (0, 255, 255), (0, 0, 255), (255, 0, 255), (255, 0, 0))
+WHEEL_STEPS = (15, 6, 4, 11, 13, 6)  # red-yellow, yellow-green, green-cyan, cyan-blue, blue-magenta, magenta-red
+
+
+def to_pixels(points, height, width):
+    """(x, y) in [-1, 1] (..., 2) -> pixel (column, row) (..., 2)."""
+    points = np.asarray(points, np.float64)
+    return (points + 1.0) / 2.0 * np.array([width - 1, height - 1])
+
+
+def color_wheel():
+    """The 55 colours of the flow colour wheel, (55, 3) in [0, 255]; one channel ramps in each segment."""
+    rows = []
+    for start, stop, steps in zip(WHEEL_STOPS[:-1], WHEEL_STOPS[1:], WHEEL_STEPS):
+        ramp = np.floor(255.0 * np.arange(steps) / steps)[:, None]  # (steps, 1)
+        start, stop = np.array(start, np.float64), np.array(stop, np.float64)
+        rows.append(start + (stop - start) / 255.0 * ramp)
+    return np.concatenate(rows)
+
+
+def flow_to_color(flow, max_radius=None):
+    """Flow (H, W, 2) of (u, v), v pointing down -> colours (H, W, 3) in [0, 1].
+
+    The direction picks a hue on :func:`color_wheel` (right red, down yellow,
+    left cyan, up blue); the length divided by ``max_radius`` (default: the
+    longest vector) blends from white (no motion) to the full colour; longer
+    vectors are darkened to 75 %.
+    """
+    flow = np.asarray(flow, np.float64)
+    if flow.ndim != 3 or flow.shape[-1] != 2:
+        raise ValueError(f"expected a flow of shape (H, W, 2), got {flow.shape}")
+    u, v = flow[..., 0], flow[..., 1]
+    radius = np.hypot(u, v)
+    if max_radius is None:
+        max_radius = radius.max()
+    radius = radius / max(float(max_radius), np.finfo(np.float64).eps)
+    wheel = color_wheel() / 255.0
+    count = len(wheel)
+    position = (np.arctan2(-v, -u) / np.pi + 1.0) / 2.0 * (count - 1)  # in [0, count - 1]
+    k0 = np.floor(position).astype(int)
+    k1 = (k0 + 1) % count
+    f = (position - k0)[..., None]
+    color = (1.0 - f) * wheel[k0] + f * wheel[k1]  # (H, W, 3)
+    inside = (radius <= 1.0)[..., None]
+    color = np.where(inside, 1.0 - radius[..., None] * (1.0 - color), 0.75 * color)
+    return color.astype(np.float32)
+
+
+def deformation_to_flow(deformation):
+    """A sampling grid (H, W, 2) in [-1, 1] (T_{S<-D}) -> displacement in pixels (H, W, 2): where each pixel looks."""
+    from fomm_lessons.sampling import make_coordinate_grid
+
+    deformation = np.asarray(deformation, np.float64)
+    height, width = deformation.shape[:2]
+    identity = np.asarray(make_coordinate_grid(height, width), np.float64)
+    return (deformation - identity) * np.array([(width - 1) / 2.0, (height - 1) / 2.0])
+
+
+def plot_flow_arrows(flow, ax=None, step=8, image=None, color="yellow"):
+    """Arrows of a flow (H, W, 2) in pixels every ``step`` pixels, over ``image`` when given; returns the axes."""
+    import matplotlib.pyplot as plt
+
+    flow = np.asarray(flow)
+    if ax is None:
+        _, ax = plt.subplots()
+    height, width = flow.shape[:2]
+    if image is not None:
+        ax.imshow(np.clip(image, 0, 1))
+    else:
+        ax.set_xlim(-0.5, width - 0.5)
+        ax.set_ylim(height - 0.5, -0.5)
+    rows, cols = np.mgrid[step // 2:height:step, step // 2:width:step]
+    ax.quiver(cols, rows, flow[rows, cols, 0], flow[rows, cols, 1], color=color,
+              angles="xy", scale_units="xy", scale=1)  # one pixel of flow = one pixel on screen
+    ax.set_axis_off()
+    return ax
+
+
+def keypoint_colors(num_kp, colormap="gist_rainbow"):
+    """One RGB colour in [0, 1] per keypoint, (K, 3), from a matplotlib colormap (the original's choice)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps[colormap]
+    return np.array([cmap(k / num_kp)[:3] for k in range(num_kp)])
+
+
+def draw_keypoints(image, kp, radius=2, colormap="gist_rainbow"):
+    """A copy of ``image`` (H, W, 3) with keypoints ``kp`` (K, 2) in [-1, 1] drawn as discs."""
+    from skimage.draw import disk
+
+    image = np.array(image, np.float32, copy=True)
+    height, width = image.shape[:2]
+    points = to_pixels(kp, height, width)  # (K, 2) columns, rows
+    for (col, row), color in zip(points, keypoint_colors(len(points), colormap)):
+        rr, cc = disk((row, col), radius, shape=(height, width))
+        image[rr, cc] = color
+    return image
+
+
+def _resize(image, height, width):
+    from skimage.transform import resize
+
+    if image.shape[:2] == (height, width):
+        return image
+    return resize(image, (height, width), order=0, anti_aliasing=False)  # nearest: keep the cells visible
+
+
+def _rgb(image):
+    image = np.asarray(image, np.float32)
+    if image.ndim == 2:
+        image = image[..., None]
+    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+
+
+def image_row(images, height=None):
+    """Images ((h, w), (h, w, 1) or (h, w, 3)) side by side at one ``height`` (nearest resize): (height, sum w, 3)."""
+    images = [_rgb(image) for image in images]
+    height = height or max(image.shape[0] for image in images)
+    row = [_resize(image, height, int(round(image.shape[1] * height / image.shape[0]))) for image in images]
+    return np.concatenate(row, axis=1)
+
+
+def mask_grid(mask, height=None):
+    """The K + 1 channels of a dense motion mask (h, w, K+1) as grey panels in one row, background first."""
+    mask = np.asarray(mask)
+    return image_row([mask[..., k] for k in range(mask.shape[-1])], height)
+
+
+def colored_mask(mask, colormap="gist_rainbow"):
+    """A mask (h, w, K+1) as one image: each keypoint's region in its keypoint colour, the background black."""
+    mask = np.asarray(mask, np.float64)
+    colors = np.concatenate([np.zeros((1, 3)), keypoint_colors(mask.shape[-1] - 1, colormap)])  # (K+1, 3)
+    return np.einsum("hwk,kc->hwc", mask, colors).astype(np.float32)
+
+
+def occlusion_grid(occlusion_maps, height=None):
+    """Occlusion maps (B, h, w, 1) as grey panels in one row: white where the source is visible."""
+    return image_row(list(np.asarray(occlusion_maps)), height)
+
+
+def side_by_side(source, driving, result):
+    """Video frames (T, H, 3 W, 3): the source image, the driving frame and the result, left to right."""
+    driving, result = np.asarray(driving), np.asarray(result)
+    if driving.shape != result.shape or np.shape(source) != driving.shape[1:]:
+        raise ValueError(f"expected a source (H, W, 3) and driving and result videos (T, H, W, 3) alike, got "
+                         f"{np.shape(source)}, {driving.shape} and {result.shape}")
+    sources = np.broadcast_to(source, driving.shape)
+    return np.concatenate([sources, driving, result], axis=2)
+
+
+def video_html(frames, fps=10, scale=3.0):
+    """An inline HTML player of ``frames`` (T, H, W, 3) for notebooks (matplotlib's ``to_jshtml``)."""
+    import matplotlib.pyplot as plt
+    from matplotlib import animation
+
+    frames = np.clip(np.asarray(frames), 0, 1)
+    height, width = frames.shape[1:3]
+    figure = plt.figure(figsize=(scale * width / height, scale), dpi=max(height / scale, 72))
+    ax = figure.add_axes([0, 0, 1, 1])
+    ax.set_axis_off()
+    shown = ax.imshow(frames[0])
+
+    def update(t):
+        shown.set_data(frames[t])
+        return [shown]
+
+    player = animation.FuncAnimation(figure, update, frames=len(frames), interval=1000.0 / fps, blit=True)
+    html = player.to_jshtml(fps=fps)
+    plt.close(figure)
+    return html
+
+
+def save_video(path, frames, fps=10):
+    """Write ``frames`` (T, H, W, 3) as an .mp4/.mov (imageio-ffmpeg) or .gif file; returns the path."""
+    from fomm_lessons.data.frames import write_video
+
+    return write_video(path, frames, as_folder=False, fps=fps)
+
+
+def read_log(path):
+    """A training ``log.csv`` (columns epoch, step, then one per loss) as ``{column: float array}``."""
+    with open(path, newline="") as file:
+        rows = list(csv.DictReader(file))
+    if not rows:
+        raise ValueError(f"{path} has no rows; expected a header 'epoch,step,<loss>,...' and one row per log")
+    columns = list(rows[0])
+    if columns[:2] != ["epoch", "step"]:
+        raise ValueError(f"expected {path} to start with the columns epoch, step; got {columns[:2]}")
+    return {name: np.array([float(row[name]) if row[name] not in ("", None) else np.nan for row in rows])
+            for name in columns}
+
+
+def plot_training_curves(path, ax=None, losses=None, log_scale=True):
+    """One line per loss of ``log.csv`` against the step; returns the axes."""
+    import matplotlib.pyplot as plt
+
+    log = read_log(path)
+    losses = losses or [name for name in log if name not in ("epoch", "step")]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.5))
+    for name in losses:
+        ax.plot(log["step"], log[name], label=name)
+    if log_scale and all(np.nanmin(log[name]) > 0 for name in losses):
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize="small")
+    return ax

@@ -1,0 +1,272 @@
+"""Animation: relative keypoints against the original's formula in NumPy, batching, best frame, video files."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import subprocess
+
+import numpy as np
+import pytest
+
+from fomm_lessons import animate as anim
+
+
+@pytest.fixture(scope="module")
+def models():
+    from fomm_lessons.checkpoint import build_models
+    from fomm_lessons.config import load_config
+
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return build_models(load_config("cpu-64")["model_params"], discriminator=False)
+
+
+@pytest.fixture(scope="module")
+def video():
+    """12 frames of 64x64: a smooth image moving right, so that keypoints move."""
+    yy, xx = np.mgrid[0:64, 0:64] / 63.0
+    frames = []
+    for t in range(12):
+        shift = 0.02 * t
+        frames.append(np.stack([np.sin(6 * (xx - shift)) * 0.5 + 0.5, yy, np.cos(4 * (xx + yy - shift)) * 0.25 + 0.5],
+                               axis=-1))
+    return np.asarray(frames, np.float32)  # (12, 64, 64, 3)
+
+
+# ---------------------------------------------------------------------------
+# normalize_kp against NumPy
+# ---------------------------------------------------------------------------
+
+def shoelace_hull_area(points):
+    """Convex hull by Andrew's monotone chain, then the shoelace formula (independent of scipy)."""
+    pts = sorted(map(tuple, np.asarray(points, np.float64)))
+
+    def cross(o, a, b):
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    lower, upper = [], []
+    for p in pts:
+        while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
+            lower.pop()
+        lower.append(p)
+    for p in reversed(pts):
+        while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 0:
+            upper.pop()
+        upper.append(p)
+    hull = np.array(lower[:-1] + upper[:-1])
+    x, y = hull[:, 0], hull[:, 1]
+    return 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+
+
+def inverse_2x2(m):
+    (a, b), (c, d) = m
+    return np.array([[d, -b], [-c, a]]) / (a * d - b * c)
+
+
+def reference_normalize_kp(kp_source, kp_driving, kp_initial, adapt, relative, relative_jacobian):
+    """The original demo's normalize_kp, keypoint by keypoint, in float64."""
+    value, jacobian = kp_driving["value"].astype(np.float64), kp_driving["jacobian"].astype(np.float64)
+    if not relative:
+        return value, jacobian
+    scale = 1.0
+    if adapt:
+        scale = np.sqrt(shoelace_hull_area(kp_source["value"][0])) / np.sqrt(shoelace_hull_area(kp_initial["value"][0]))
+    new_value = (value - kp_initial["value"]) * scale + kp_source["value"]
+    new_jacobian = jacobian.copy()
+    if relative_jacobian:
+        for b in range(value.shape[0]):
+            for k in range(value.shape[1]):
+                diff = jacobian[b, k] @ inverse_2x2(kp_initial["jacobian"][0, k])
+                new_jacobian[b, k] = diff @ kp_source["jacobian"][0, k]
+    return new_value, new_jacobian
+
+
+def random_kp(rng, batch, num_kp=10):
+    return {"value": rng.uniform(-0.8, 0.8, (batch, num_kp, 2)).astype(np.float32),
+            "jacobian": (np.eye(2) + 0.3 * rng.standard_normal((batch, num_kp, 2, 2))).astype(np.float32)}
+
+
+@pytest.mark.parametrize("adapt, relative, relative_jacobian",
+                         [(False, True, True), (True, True, True), (True, True, False), (False, False, True)])
+def test_normalize_kp_matches_the_original_formula(adapt, relative, relative_jacobian):
+    rng = np.random.default_rng(1)
+    kp_source, kp_initial, kp_driving = random_kp(rng, 1), random_kp(rng, 1), random_kp(rng, 5)
+    kp_initial["value"] *= 0.5  # a smaller face in the driving video: the scale is about 2
+    got = anim.normalize_kp(kp_source, kp_driving, kp_initial, adapt_movement_scale=adapt,
+                            use_relative_movement=relative, use_relative_jacobian=relative_jacobian)
+    value, jacobian = reference_normalize_kp(kp_source, kp_driving, kp_initial, adapt, relative, relative_jacobian)
+    np.testing.assert_allclose(np.asarray(got["value"]), value, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(got["jacobian"]), jacobian, rtol=1e-4, atol=1e-5)
+
+
+def test_hull_area_is_the_polygon_area():
+    square_and_inside = np.array([[0, 0], [2, 0], [2, 3], [0, 3], [1, 1], [0.5, 2]])
+    assert anim.hull_area(square_and_inside) == pytest.approx(6.0)
+    points = np.random.default_rng(0).random((10, 2))
+    assert anim.hull_area(points) == pytest.approx(shoelace_hull_area(points))
+    with pytest.raises(ValueError, match="not on one line"):
+        anim.hull_area(np.array([[0.0, 0.0], [0.5, 0.5], [1.0, 1.0]]))
+
+
+# ---------------------------------------------------------------------------
+# Animation with the networks (cpu-64, random weights)
+# ---------------------------------------------------------------------------
+
+BOTH = ("prediction", "deformation")  # with random weights the deformation is what moves with the keypoints
+
+
+def assert_outputs_close(got, expected, atol=2e-5):
+    for name in BOTH:
+        np.testing.assert_allclose(got[name], expected[name], atol=atol, err_msg=name)
+
+
+def test_batches_do_not_change_the_result(models, video):
+    whole = anim.animate(video[0], video, models, batch_size=12, outputs=BOTH)
+    batched = anim.animate(video[0], video, models, batch_size=5, outputs=BOTH)  # 5 + 5 + 2, the last one padded
+    assert whole["prediction"].shape == video.shape and whole["deformation"].shape == (12, 32, 32, 2)
+    assert_outputs_close(batched, whole)
+    assert anim.animate(video[0], video, models, batch_size=5).shape == video.shape  # just the frames
+    kp = anim.detect_keypoints(models.kp_detector, video, batch_size=5)
+    one = models.kp_detector(video[7:8], training=False)
+    np.testing.assert_allclose(kp["value"][7], np.asarray(one["value"])[0], atol=1e-5)
+    np.testing.assert_allclose(kp["jacobian"][7], np.asarray(one["jacobian"])[0], atol=1e-5)
+
+
+def test_absolute_and_relative_keypoints_reach_the_generator(models, video):
+    source = video[3]
+    kp_source = models.kp_detector(source[None], training=False)
+    kp_frame = models.kp_detector(video[6:7], training=False)
+    absolute = anim.animate(source, video, models, relative=False, batch_size=4, outputs=BOTH)
+    expected = models.generator(source[None], kp_source=kp_source, kp_driving=kp_frame)
+    assert_outputs_close({k: v[6] for k, v in absolute.items()}, {k: np.asarray(expected[k])[0] for k in BOTH})
+    # relative: the initial driving frame drives the source with the source's own keypoints
+    relative = anim.animate(source, video, models, relative=True, initial_frame=6, batch_size=4, outputs=BOTH)
+    same = models.generator(source[None], kp_source=kp_source, kp_driving=kp_source)
+    assert_outputs_close({k: v[6] for k, v in relative.items()}, {k: np.asarray(same[k])[0] for k in BOTH})
+    assert np.abs(relative["deformation"][0] - relative["deformation"][6]).max() > 1e-3  # the test can fail
+
+
+def test_animating_from_the_best_frame_is_the_demo_forwards_and_backwards(models, video):
+    best = 4
+    kwargs = dict(adapt_movement_scale=True, batch_size=6, outputs=BOTH)
+    ours = anim.animate(video[0], video, models, initial_frame=best, **kwargs)
+    forward = anim.animate(video[0], video[best:], models, **kwargs)
+    backward = anim.animate(video[0], video[:best + 1][::-1], models, **kwargs)
+    demo = {k: np.concatenate([backward[k][::-1], forward[k][1:]]) for k in BOTH}
+    assert_outputs_close(ours, demo)
+    plain = anim.animate(video[0], video, models, **kwargs)  # initial frame 0 differs
+    assert np.abs(plain["deformation"] - ours["deformation"]).max() > 1e-3
+
+
+def test_find_best_frame_with_landmarks_and_with_the_model(models, video):
+    rng = np.random.default_rng(0)
+    shapes = rng.uniform(-1, 1, (12, 8, 2))
+    source_shape = 3.0 * shapes[5] + np.array([10.0, -4.0])  # same shape, other place and size
+
+    def landmarks(image):  # frames are told apart by their mean value
+        if image is source_image:
+            return source_shape
+        return None if image is frames[2] else shapes[int(round(image.mean()))]
+
+    frames = np.stack([np.full((4, 4, 3), t, np.float32) for t in range(12)])
+    source_image = np.zeros((4, 4, 3), np.float32)
+    assert anim.find_best_frame(source_image, frames, landmarks=landmarks) == 5
+    assert anim.find_best_frame(video[8], video, models, landmarks="model") == 8
+    if not _has_face_alignment():
+        assert anim.find_best_frame(video[2], video, models) == 2  # "auto" falls back to the model
+    with pytest.raises(ValueError, match="models"):
+        anim.find_best_frame(video[8], video, None, landmarks="model")
+
+
+def _has_face_alignment():
+    try:
+        import face_alignment
+    except ImportError:
+        face_alignment = None
+    return face_alignment is not None
+
+
+def test_animate_checks_shapes(models, video):
+    with pytest.raises(ValueError, match=r"\(T, H, W, 3\)"):
+        anim.animate(video[0, :32], video, models)
+    with pytest.raises(ValueError, match="initial frame"):
+        anim.animate(video[0], video, models, initial_frame=12)
+
+
+# ---------------------------------------------------------------------------
+# Video files: frame rate, audio, paths
+# ---------------------------------------------------------------------------
+
+def make_clip_with_audio(path, fps=10, seconds=1.2, size=32):
+    """A test-pattern clip with a 440 Hz sine audio track, made by ffmpeg's lavfi sources."""
+    command = [anim.ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi", "-i",
+               f"testsrc=size={size}x{size}:rate={fps}", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000",
+               "-t", str(seconds), "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(path)]
+    subprocess.run(command, check=True, capture_output=True)
+    return str(path)
+
+
+def test_frame_rate_and_audio_are_kept(tmp_path):
+    from fomm_lessons.data.frames import read_video
+
+    clip = make_clip_with_audio(tmp_path / "driving.mp4", fps=10)
+    assert anim.has_audio(clip)
+    assert anim.video_fps(clip) == pytest.approx(10.0)
+    frames = read_video(clip)
+    assert len(frames) == 12
+    out = anim.write_output(str(tmp_path / "out.mp4"), frames[:, ::-1], anim.video_fps(clip), audio_from=clip)
+    assert anim.has_audio(out) and anim.video_fps(out) == pytest.approx(10.0)
+    assert len(read_video(out)) == 12
+    silent = anim.write_output(str(tmp_path / "silent.mp4"), frames, 10.0)
+    assert not anim.has_audio(silent)
+    gif = anim.write_output(str(tmp_path / "out.gif"), frames, 5.0)
+    assert anim.video_fps(gif) == pytest.approx(5.0)  # GIF stores hundredths of a second: 5 fps is exact
+    folder = anim.write_output(str(tmp_path / "frames"), frames, 10.0)
+    assert sorted(os.listdir(folder))[:2] == ["0000000.png", "0000001.png"]
+    assert anim.video_fps(folder) == anim.DEFAULT_FPS
+
+
+def test_output_paths_are_checked_before_any_work(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(OSError, match="cannot write the output"):
+        anim.check_output_path(str(blocker / "out.mp4"))
+    with pytest.raises(ValueError, match=r"\.mp4/\.mov/\.gif"):
+        anim.check_output_path(str(tmp_path / "out.avi"))
+    with pytest.raises(ValueError, match="audio"):
+        anim.check_output_path(str(tmp_path / "out.gif"), audio=True)
+    assert anim.check_output_path(str(tmp_path / "new" / "out.mp4")) and (tmp_path / "new").is_dir()
+    assert anim.is_folder_path(str(tmp_path / "frames")) and not anim.is_folder_path("x.gif")
+
+
+def test_published_format_checkpoint_animates_as_the_original(tmp_path):
+    """A .pth.tar of the narrow parity model: absolute animation reproduces the original's generator outputs."""
+    import json
+
+    torch = pytest.importorskip("torch")
+    parity = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "fomm-parity")
+    if not os.path.exists(os.path.join(parity, "parity-128.npz")):
+        pytest.skip(f"parity fixtures not found at {os.path.abspath(parity)}")
+    arrays = np.load(os.path.join(parity, "parity-128.npz"))
+    with open(os.path.join(parity, "parity-128.json")) as file:
+        model_params = json.load(file)["model_params"]
+    state = {}
+    for key in arrays.files:
+        if key.startswith("weights/"):
+            _, part, name = key.split("/", 2)
+            state.setdefault(part, {})[name] = torch.from_numpy(arrays[key])
+    path = str(tmp_path / "parity.pth.tar")
+    torch.save(state, path)
+    models = anim.load_checkpoint(path, model_params)
+    source = arrays["inputs/source"].transpose(0, 2, 3, 1)  # (2, 128, 128, 3)
+    driving = arrays["inputs/driving"].transpose(0, 2, 3, 1)
+    for b in range(2):
+        out = anim.animate(source[b], driving[b:b + 1], models, relative=False,
+                           outputs=("prediction", "deformation", "occlusion_map"))
+        np.testing.assert_allclose(out["prediction"][0], arrays["eval/generator/prediction"][b].transpose(1, 2, 0),
+                                   atol=1e-4)
+        np.testing.assert_allclose(out["deformation"][0], arrays["eval/dense_motion/deformation"][b], atol=1e-4)
+        np.testing.assert_allclose(out["occlusion_map"][0, ..., 0], arrays["eval/dense_motion/occlusion_map"][b, 0],
+                                   atol=1e-4)

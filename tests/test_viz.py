@@ -1,0 +1,140 @@
+"""Pictures: the flow colour wheel against Baker et al.'s known colours, keypoints, masks, videos, curves."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+
+from fomm_lessons import viz
+
+# Index on the 55-colour wheel -> the pure colour that starts each segment (Baker et al. 2011).
+PRIMARIES = {0: (1, 0, 0), 15: (1, 1, 0), 21: (0, 1, 0), 25: (0, 1, 1), 36: (0, 0, 1), 49: (1, 0, 1)}
+
+
+def direction_of_wheel_index(k, count=55):
+    """The unit flow (u, v) whose colour is wheel entry ``k``: angle(-u, -v) = pi (2 k / (count - 1) - 1)."""
+    angle = np.pi * (2.0 * k / (count - 1) - 1.0)
+    return -np.cos(angle), -np.sin(angle)
+
+
+def test_color_wheel_has_the_55_colours_and_their_primaries():
+    wheel = viz.color_wheel()
+    assert wheel.shape == (55, 3)
+    for k, color in PRIMARIES.items():
+        np.testing.assert_array_equal(wheel[k], 255 * np.array(color))
+    # inside a segment exactly one channel moves, by floor(255 i / steps)
+    np.testing.assert_array_equal(wheel[1:15, 1], np.floor(255 * np.arange(1, 15) / 15))
+    np.testing.assert_array_equal(wheel[37, 0], np.floor(255 * 1 / 13))
+
+
+def test_flow_colors_at_known_angles():
+    directions = np.array([direction_of_wheel_index(k) for k in PRIMARIES])  # (6, 2)
+    colors = viz.flow_to_color(directions[None], max_radius=1.0)[0]
+    np.testing.assert_allclose(colors, np.array(list(PRIMARIES.values())), atol=1e-6)
+    # in image coordinates (v down): right is red, left is cyan-blue, down yellow-orange, up blue-violet
+    named = viz.flow_to_color(np.array([[[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]]]), max_radius=1.0)[0]
+    np.testing.assert_allclose(named[0], [1, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(named[1], [0, (255 - np.floor(255 * 2 / 11)) / 255, 1], atol=1e-6)
+    np.testing.assert_allclose(named[2], [1, (221 + 238) / 2 / 255, 0], atol=1e-6)  # between entries 13 and 14
+    np.testing.assert_allclose(named[3], [(78 + 98) / 2 / 255, 0, 1], atol=1e-6)  # between entries 40 and 41
+
+
+def test_flow_color_saturation_follows_the_length():
+    u, v = direction_of_wheel_index(36)  # pure blue
+    flow = np.array([[[0.0, 0.0], [0.5 * u, 0.5 * v], [u, v], [2 * u, 2 * v]]])
+    colors = viz.flow_to_color(flow, max_radius=1.0)[0]
+    np.testing.assert_allclose(colors[0], [1, 1, 1], atol=1e-6)  # no motion: white
+    np.testing.assert_allclose(colors[1], [0.5, 0.5, 1], atol=1e-6)  # half way from white
+    np.testing.assert_allclose(colors[3], [0, 0, 0.75], atol=1e-6)  # beyond the radius: darkened
+    # default radius: the longest vector is fully saturated
+    np.testing.assert_allclose(viz.flow_to_color(flow)[0, 3], [0, 0, 1], atol=1e-6)
+    with pytest.raises(ValueError, match=r"\(H, W, 2\)"):
+        viz.flow_to_color(np.zeros((4, 4, 3)))
+
+
+def test_deformation_to_flow_is_in_pixels():
+    from fomm_lessons.sampling import make_coordinate_grid
+
+    height, width = 5, 9
+    identity = np.asarray(make_coordinate_grid(height, width))
+    np.testing.assert_allclose(viz.deformation_to_flow(identity), 0, atol=1e-6)
+    shifted = identity + np.array([2.0 / (width - 1), -3 * 2.0 / (height - 1)])  # 1 px right, 3 px up
+    np.testing.assert_allclose(viz.deformation_to_flow(shifted), np.broadcast_to([1.0, -3.0], (5, 9, 2)),
+                               atol=1e-5)
+
+
+def test_draw_keypoints_puts_corner_keypoints_on_corner_pixels():
+    image = np.zeros((16, 20, 3), np.float32)
+    drawn = viz.draw_keypoints(image, np.array([[-1.0, -1.0], [1.0, 1.0]]), radius=1)
+    colors = viz.keypoint_colors(2)
+    np.testing.assert_allclose(drawn[0, 0], colors[0])
+    np.testing.assert_allclose(drawn[15, 19], colors[1])
+    assert drawn[8, 10].sum() == 0 and image.sum() == 0  # the input is not changed
+
+
+def test_masks_and_occlusion_maps_as_grids():
+    mask = np.zeros((4, 6, 3), np.float32)
+    mask[:, :2, 0] = 1  # background
+    mask[:, 2:4, 1] = 1
+    mask[:, 4:, 2] = 1
+    grid = viz.mask_grid(mask)
+    assert grid.shape == (4, 18, 3)
+    np.testing.assert_array_equal(grid[:, 6:12, 0], mask[..., 1])
+    colored = viz.colored_mask(mask)
+    np.testing.assert_array_equal(colored[:, :2], 0)
+    np.testing.assert_allclose(colored[0, 2], viz.keypoint_colors(2)[0])
+    np.testing.assert_allclose(colored[0, 5], viz.keypoint_colors(2)[1])
+    occlusion = np.random.default_rng(0).random((2, 4, 4, 1)).astype(np.float32)
+    panels = viz.occlusion_grid(occlusion, height=8)  # nearest resize to 8 rows
+    assert panels.shape == (8, 16, 3)
+    np.testing.assert_array_equal(panels[::2, ::2, 1][:, 2:4], occlusion[0, :, 2:4, 0])
+
+
+def test_side_by_side_and_video_files(tmp_path):
+    rng = np.random.default_rng(0)
+    source = rng.random((8, 8, 3)).astype(np.float32)
+    driving, result = rng.random((2, 5, 8, 8, 3)).astype(np.float32)
+    frames = viz.side_by_side(source, driving, result)
+    assert frames.shape == (5, 8, 24, 3)
+    np.testing.assert_array_equal(frames[3, :, :8], source)
+    np.testing.assert_array_equal(frames[3, :, 8:16], driving[3])
+    np.testing.assert_array_equal(frames[3, :, 16:], result[3])
+    with pytest.raises(ValueError, match="alike"):
+        viz.side_by_side(source, driving, result[:4])
+    html = viz.video_html(frames, fps=5)
+    assert "<script" in html and html.count("data:image/png;base64") == 5
+    from fomm_lessons.data.frames import read_video
+
+    gif = viz.save_video(str(tmp_path / "clip.gif"), frames, fps=5)
+    assert read_video(gif).shape == (5, 8, 24, 3)
+
+
+def test_training_curves_follow_log_csv(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text("epoch,step,perceptual,equivariance_value\n0,10,95.5,0.8\n0,20,80.25,0.5\n1,30,70.0,0.25\n")
+    ax = viz.plot_training_curves(path)
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {"perceptual", "equivariance_value"}
+    np.testing.assert_array_equal(lines["perceptual"].get_xdata(), [10, 20, 30])
+    np.testing.assert_array_equal(lines["equivariance_value"].get_ydata(), [0.8, 0.5, 0.25])
+    assert ax.get_yscale() == "log"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("step,loss\n1,2\n")
+    with pytest.raises(ValueError, match="epoch, step"):
+        viz.read_log(bad)
+
+
+def test_flow_arrows_are_the_flow_in_pixels():
+    flow = np.zeros((16, 16, 2))
+    flow[..., 0], flow[..., 1] = 3.0, -2.0
+    ax = viz.plot_flow_arrows(flow, step=8)
+    quiver = ax.collections[0]
+    np.testing.assert_array_equal(quiver.U, 3.0)
+    np.testing.assert_array_equal(quiver.V, -2.0)
+    np.testing.assert_array_equal(quiver.X, [4, 12, 4, 12])
