@@ -99,6 +99,8 @@ def build_parser():
                        help="compute dtype (default auto: float16 on GPUs, bfloat16 on TPUs, off on CPU)")
     train.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
     train.add_argument("--seed", type=int, default=0, help="random seed")
+    train.add_argument("--vgg", default="auto",
+                       help="VGG19 weights for the perceptual loss: auto, imagenet, torchvision, random or a file")
     train.set_defaults(func=_cmd_train)
 
     animate = commands.add_parser("animate", help="animate a source image with a driving video")

@@ -1,0 +1,81 @@
+"""One training step on 2 logical CPU devices (MirroredStrategy) and on one device.
+
+Run as a script (the logical devices must be set before TensorFlow starts):
+prints the largest absolute difference between the two sets of weights after
+one step from the same initial weights on the same global batch.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+tf.config.experimental.enable_op_determinism()
+
+from fomm_lessons.training import Trainer  # noqa: E402
+
+
+def one_step(config, strategy, out, initial, batch):
+    keras.utils.set_random_seed(0)  # the same random VGG19 in both runs
+    trainer = Trainer(config, out, strategy=strategy, xla=False, mixed_precision="off", vgg_weights="random")
+    trainer.load_weights(initial) if initial else None
+    # Plain SGD with rate 1: the weight change is minus the gradient, so comparing weights compares
+    # gradients. (Adam's first step is lr * sign(g), which turns float noise in a near-zero gradient
+    # into a full +-lr difference and says nothing about the distributed code path.)
+    with strategy.scope():
+        for name in trainer.optimizers:
+            trainer.optimizers[name] = keras.optimizers.SGD(learning_rate=1.0)
+            trainer.optimizers[name].build(getattr(trainer.models, name).trainable_variables)
+    weights = trainer.get_weights()
+    dataset = tf.data.Dataset.from_tensors(batch)
+    step = trainer._compiled_step()
+    losses = None
+    for item in strategy.experimental_distribute_dataset(dataset):
+        losses, _ = step(item)
+    names = [w.path if w.trainable else "stat:" + w.path for net in trainer._all_networks() for w in net.weights]
+    return weights, trainer.get_weights(), {k: float(v) for k, v in losses.items()}, names
+
+
+def main():
+    config = json.loads(sys.argv[1])
+    out = sys.argv[2]
+    rng = np.random.default_rng(0)
+    size, batch_size = config["dataset_params"]["frame_shape"][0], config["train_params"]["batch_size"]
+    points = config["train_params"]["transform_params"]["points_tps"]
+    batch = {
+        "source": rng.random((batch_size, size, size, 3), np.float32),
+        "driving": rng.random((batch_size, size, size, 3), np.float32),
+        "tps_theta": (np.eye(2, 3) + rng.normal(0, 0.05, (batch_size, 2, 3))).astype(np.float32),
+        "tps_params": rng.normal(0, 0.005, (batch_size, points**2)).astype(np.float32),
+    }
+    initial, single, single_losses, names = one_step(config, tf.distribute.get_strategy(), out + "/one", None, batch)
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    _, double, double_losses, _ = one_step(config, mirrored, out + "/two", initial, batch)
+    moved = max(float(np.abs(a - b).max()) for a, b in zip(initial, single))
+    # With SGD at rate 1 a trainable variable's change is its gradient. Compare each difference with
+    # the largest change in the same network (biases in front of a batch norm have zero gradient);
+    # statistics (batch-norm running values, spectral-norm vectors) form their own group.
+    changes = [np.abs(a - w).max() for a, w in zip(single, initial)]
+    scale = {}
+    for name, change in zip(names, changes):
+        scale[name.split("/")[0]] = max(scale.get(name.split("/")[0], 0.0), change)
+    diffs = [float(np.abs(a - b).max() / scale[name.split("/")[0]]) for a, b, name in zip(single, double, names)]
+    diff = max(diffs)
+    worst = sorted(zip(diffs, names, [float(c) for c in changes]), reverse=True)[:5]
+    if os.environ.get("FOMM_DISTRIBUTED_DUMP"):
+        with open(os.environ["FOMM_DISTRIBUTED_DUMP"], "w") as f:
+            for d, n, c in zip(diffs, names, changes):
+                f.write(f"{d:.2e} {c:.2e} {n}\n")
+    print(json.dumps({"replicas": mirrored.num_replicas_in_sync, "max_weight_change": moved, "max_relative_difference": diff, "worst": worst,
+                      "losses_one": single_losses, "losses_two": double_losses}))
+
+
+if __name__ == "__main__":
+    main()
