@@ -91,3 +91,15 @@ def parity():
         pytest.skip(f"parity fixtures not found: {path} is missing (they live in ../shared/fomm-parity)")
     with np.load(path) as data:
         return {key: data[key] for key in data.files}
+
+
+@pytest.fixture(scope="module")
+def cpu64_models():
+    """The networks of the built-in ``cpu-64`` config with seeded random weights, no discriminator."""
+    import keras
+
+    from fomm_lessons.checkpoint import build_models
+    from fomm_lessons.config import load_config
+
+    keras.utils.set_random_seed(0)
+    return build_models(load_config("cpu-64")["model_params"], discriminator=False)

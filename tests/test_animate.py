@@ -13,14 +13,8 @@ from fomm_lessons import animate as anim
 
 
 @pytest.fixture(scope="module")
-def models():
-    from fomm_lessons.checkpoint import build_models
-    from fomm_lessons.config import load_config
-
-    import keras
-
-    keras.utils.set_random_seed(0)
-    return build_models(load_config("cpu-64")["model_params"], discriminator=False)
+def models(cpu64_models):
+    return cpu64_models
 
 
 @pytest.fixture(scope="module")
