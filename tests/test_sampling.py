@@ -162,6 +162,16 @@ def test_grid_sample_works_in_tf_function_and_xla():
     np.testing.assert_allclose(traced, eager, atol=1e-6)
     np.testing.assert_allclose(xla, eager, atol=1e-6)
 
+    def loss_and_gradients(images, grid):
+        with tf.GradientTape() as tape:
+            tape.watch([images, grid])
+            loss = tf.reduce_sum(grid_sample(images, grid) ** 2)
+        return tape.gradient(loss, [images, grid])
+
+    for eager_grad, xla_grad in zip(loss_and_gradients(images, grid),
+                                    tf.function(loss_and_gradients, jit_compile=True)(images, grid)):
+        np.testing.assert_allclose(xla_grad.numpy(), eager_grad.numpy(), atol=1e-5)
+
     # Unknown batch and spatial sizes at trace time.
     spec = [tf.TensorSpec([None, None, None, 3]), tf.TensorSpec([None, None, None, 2])]
     dynamic = tf.function(grid_sample, input_signature=spec)(images, grid).numpy()
