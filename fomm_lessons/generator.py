@@ -12,7 +12,7 @@ def resize_to(maps, height, width):
     """Bilinear resize of ``maps`` (B, h, w, C) to (height, width), PyTorch's align_corners=False; no-op if equal."""
     if maps.shape[1] == height and maps.shape[2] == width:
         return maps
-    return tf.image.resize(maps, (height, width), method="bilinear")
+    return tf.cast(tf.image.resize(maps, (height, width), method="bilinear"), maps.dtype)  # resize gives float32
 
 
 def deform(inputs, deformation):

@@ -29,6 +29,7 @@ def perceptual_loss(vgg, pyramid_generated, pyramid_real, weights):
         features_real = vgg(pyramid_real[scale])
         for weight, fake, real in zip(weights, features_generated, features_real):
             if weight:
+                fake, real = tf.cast(fake, tf.float32), tf.cast(real, tf.float32)  # mixed precision
                 total += weight * tf.reduce_mean(tf.abs(fake - tf.stop_gradient(real)))
     return total
 

@@ -62,7 +62,8 @@ def deterministic():
 def _trainer(out, **kwargs):
     keras.utils.set_random_seed(0)  # the same initial weights (and random VGG) in every run
     kwargs.setdefault("vgg_weights", "random")
-    return Trainer(copy.deepcopy(TINY), out, xla=False, mixed_precision="off", **kwargs)
+    kwargs.setdefault("mixed_precision", "off")
+    return Trainer(copy.deepcopy(TINY), out, xla=False, **kwargs)
 
 
 def test_learning_rate_schedule_is_multistep():
@@ -158,3 +159,20 @@ def test_train_command_runs_resumes_and_refuses_to_overwrite(frames, tmp_path, c
     assert cli.main(args + ["--steps", "2", "--resume"]) == 0
     assert (tmp_path / "run" / "checkpoints" / "ckpt-2.index").exists()
     assert (tmp_path / "run" / "models").is_dir()
+
+
+@pytest.mark.filterwarnings("ignore:Vgg19Features uses RANDOM weights")
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_mixed_precision_step_gives_finite_float32_losses(tmp_path, precision):
+    """bfloat16 (TPUs; 1.6x faster on this CPU) and float16 with loss scaling (GPUs)."""
+    trainer = _trainer(tmp_path / precision, mixed_precision=precision)
+    assert trainer.models.generator.compute_dtype == precision
+    assert keras.mixed_precision.global_policy().name == "float32"  # the policy is not left behind
+    rng = np.random.default_rng(0)
+    batch = {"source": rng.random((4, 64, 64, 3), np.float32), "driving": rng.random((4, 64, 64, 3), np.float32),
+             "tps_theta": np.tile(np.eye(2, 3, dtype=np.float32), (4, 1, 1)),
+             "tps_params": np.zeros((4, 25), np.float32)}
+    before = [w.copy() for w in trainer.get_weights()]
+    losses, _ = trainer.train_step({k: tf.constant(v) for k, v in batch.items()})
+    assert all(v.dtype == tf.float32 and np.isfinite(v.numpy()) for v in losses.values())
+    assert any(not np.array_equal(a, b) for a, b in zip(before, trainer.get_weights()))
