@@ -1,8 +1,10 @@
 """One training step on 2 logical CPU devices (MirroredStrategy) and on one device.
 
-Run as a script (the logical devices must be set before TensorFlow starts):
-prints the largest absolute difference between the two sets of weights after
-one step from the same initial weights on the same global batch.
+Run as a script (the logical devices must be set before TensorFlow starts)
+with a config as JSON and a scratch folder. From the same weights and the
+same global batch it prints, as one JSON line, both steps' losses, the
+largest difference between their gradients, and the noise floor: how much
+the one-device gradients move when the input changes by one part in 10^6.
 """
 
 import json
@@ -58,22 +60,26 @@ def main():
     initial, single, single_losses, names = one_step(config, tf.distribute.get_strategy(), out + "/one", None, batch)
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     _, double, double_losses, _ = one_step(config, mirrored, out + "/two", initial, batch)
-    moved = max(float(np.abs(a - b).max()) for a, b in zip(initial, single))
-    # With SGD at rate 1 a trainable variable's change is its gradient. Compare each difference with
-    # the largest change in the same network (biases in front of a batch norm have zero gradient);
-    # statistics (batch-norm running values, spectral-norm vectors) form their own group.
+    # The noise floor: the same one-device step with the source frames changed by one part in a
+    # million, about what a different order of float32 additions does to them.
+    nudged = dict(batch, source=(batch["source"] * np.float32(1 + 1e-6)).astype(np.float32))
+    _, noisy, _, _ = one_step(config, tf.distribute.get_strategy(), out + "/noise", initial, nudged)
+
+    # With SGD at rate 1 a trainable variable's change is its gradient. Differences are measured
+    # against the largest change in the same network (biases in front of a batch norm have zero
+    # gradient); statistics (batch-norm running values, spectral-norm vectors) form their own group.
     changes = [np.abs(a - w).max() for a, w in zip(single, initial)]
     scale = {}
     for name, change in zip(names, changes):
         scale[name.split("/")[0]] = max(scale.get(name.split("/")[0], 0.0), change)
-    diffs = [float(np.abs(a - b).max() / scale[name.split("/")[0]]) for a, b, name in zip(single, double, names)]
-    diff = max(diffs)
-    worst = sorted(zip(diffs, names, [float(c) for c in changes]), reverse=True)[:5]
-    if os.environ.get("FOMM_DISTRIBUTED_DUMP"):
-        with open(os.environ["FOMM_DISTRIBUTED_DUMP"], "w") as f:
-            for d, n, c in zip(diffs, names, changes):
-                f.write(f"{d:.2e} {c:.2e} {n}\n")
-    print(json.dumps({"replicas": mirrored.num_replicas_in_sync, "max_weight_change": moved, "max_relative_difference": diff, "worst": worst,
+
+    def relative(other):
+        return [float(np.abs(a - b).max() / scale[n.split("/")[0]]) for a, b, n in zip(single, other, names)]
+
+    diffs, noise = relative(double), relative(noisy)
+    worst = sorted(zip(diffs, names), reverse=True)[:5]
+    print(json.dumps({"replicas": mirrored.num_replicas_in_sync, "max_weight_change": float(max(changes)),
+                      "max_relative_difference": max(diffs), "noise_floor": max(noise), "worst": worst,
                       "losses_one": single_losses, "losses_two": double_losses}))
 
 
