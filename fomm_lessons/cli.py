@@ -138,9 +138,11 @@ def main(argv=None):
         text = " ".join(str(error).split()) or type(error).__name__
         return text if len(text) <= limit else text[:limit] + " ..."
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
+    from fomm_lessons.notebook import import_tensorflow_quietly
+
+    import_tensorflow_quietly()  # TensorFlow's start-up notices are not the command's output
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:
