@@ -18,6 +18,8 @@ import weakref
 
 import numpy as np
 
+from fomm_lessons.checkpoint import load_checkpoint  # noqa: F401  (used by main; part of this module's API)
+
 DEFAULT_FPS = 25.0
 OUTPUT_SUFFIXES = (".mp4", ".mov", ".gif")
 # Frames per network call. vox-256 at 256x256 on a 2-core CPU: about 1.7 frames/s with 1, 4 or 8;
@@ -312,50 +314,6 @@ def write_output(path, frames, fps, audio_from=None):
     with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(path))) as scratch:
         silent = write_video(os.path.join(scratch, "silent" + suffix), frames, as_folder=False, fps=fps)
         return mux_audio(silent, audio_from, path)
-
-
-def _one_line(error, limit=300):
-    text = " ".join(str(error).split())
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
-
-
-def load_checkpoint(path, model_params, config_name="the config"):
-    """The networks of ``model_params`` with the weights of a ``.pth.tar`` file or a :func:`save_models` folder.
-
-    A file that is not a checkpoint, or one that does not fit the config, raises ValueError naming both.
-    """
-    from fomm_lessons import checkpoint
-
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    def has_weights(folder):
-        return any(os.path.exists(os.path.join(folder, name)) for name in checkpoint.WEIGHT_FILES.values())
-
-    if os.path.isdir(path) and not has_weights(path) and has_weights(os.path.join(path, "models")):
-        path = os.path.join(path, "models")  # a training run folder: its exported models
-    state = None
-    if os.path.isdir(path):
-        if not has_weights(path):
-            raise FileNotFoundError(f"no checkpoint in the folder {path}: expected "
-                                    f"{'/'.join(checkpoint.WEIGHT_FILES.values())}")
-    else:
-        try:
-            state = checkpoint.read_torch_checkpoint(path)
-        except Exception as error:  # torch, pickle and zipfile raise many kinds
-            raise ValueError(f"the checkpoint {path} is not a PyTorch .pth.tar file "
-                             f"({type(error).__name__})") from None
-        if not isinstance(state, dict):
-            raise ValueError(f"the checkpoint {path} holds a {type(state).__name__}, expected a dict of state_dicts")
-    try:
-        if state is None:
-            return checkpoint.load_models(path, model_params)
-        parts = {part: state[part] for part in checkpoint.PARTS if part in state}
-        return checkpoint.models_from_torch_state(parts, model_params)
-    except FileNotFoundError:
-        raise
-    except Exception as error:  # Keras raises several kinds for weights that do not fit
-        raise ValueError(f"the checkpoint {path} does not match {config_name}: {_one_line(error)}") from None
 
 
 def read_source_image(path, frame_shape=None):

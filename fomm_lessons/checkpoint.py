@@ -257,6 +257,46 @@ def load_models(directory, model_params):
     return models
 
 
+def load_checkpoint(path, model_params, config_name="the config"):
+    """The networks of ``model_params`` with the weights of a ``.pth.tar`` file or a :func:`save_models` folder.
+
+    A file that is not a checkpoint, or one that does not fit the config, raises ValueError naming both.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+
+    def has_weights(folder):
+        return any(os.path.exists(os.path.join(folder, name)) for name in WEIGHT_FILES.values())
+
+    if os.path.isdir(path) and not has_weights(path) and has_weights(os.path.join(path, "models")):
+        path = os.path.join(path, "models")  # a training run folder: its exported models
+    state = None
+    if os.path.isdir(path):
+        if not has_weights(path):
+            raise FileNotFoundError(f"no checkpoint in the folder {path}: expected "
+                                    f"{'/'.join(WEIGHT_FILES.values())}")
+    else:
+        try:
+            state = read_torch_checkpoint(path)
+        except Exception as error:  # torch, pickle and zipfile raise many kinds
+            raise ValueError(f"the checkpoint {path} is not a PyTorch .pth.tar file "
+                             f"({type(error).__name__})") from None
+        if not isinstance(state, dict):
+            raise ValueError(f"the checkpoint {path} holds a {type(state).__name__}, expected a dict of state_dicts")
+    try:
+        if state is None:
+            return load_models(path, model_params)
+        parts = {part: state[part] for part in PARTS if part in state}
+        return models_from_torch_state(parts, model_params)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # Keras raises several kinds for weights that do not fit
+        message = " ".join(str(error).split())[:400]  # Keras' messages run over several lines
+        raise ValueError(f"the checkpoint {path} does not match {config_name}: {message}") from None
+
+
+
 def convert_main(args):
     """``fomm-lessons convert --config CONFIG --checkpoint in.pth.tar --out DIR``."""
     from fomm_lessons.config import load_config

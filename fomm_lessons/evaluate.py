@@ -14,7 +14,8 @@ import os
 
 import numpy as np
 
-from fomm_lessons.animate import BATCH_SIZE, animate, check_output_path, load_checkpoint
+from fomm_lessons.animate import BATCH_SIZE, animate, check_output_path
+from fomm_lessons.checkpoint import load_checkpoint
 
 NOT_COMPUTED_AED = ("needs a pretrained face-identity network (the paper's AED uses an OpenFace-style "
                     "re-identification model), which is not available offline")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fomm_lessons import animate as anim
+from fomm_lessons.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +254,7 @@ def test_published_format_checkpoint_animates_as_the_original(tmp_path):
             state.setdefault(part, {})[name] = torch.from_numpy(arrays[key])
     path = str(tmp_path / "parity.pth.tar")
     torch.save(state, path)
-    models = anim.load_checkpoint(path, model_params)
+    models = load_checkpoint(path, model_params)
     source = arrays["inputs/source"].transpose(0, 2, 3, 1)  # (2, 128, 128, 3)
     driving = arrays["inputs/driving"].transpose(0, 2, 3, 1)
     for b in range(2):

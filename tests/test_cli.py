@@ -174,7 +174,7 @@ def test_the_installed_command_prints_no_traceback(files):
 def test_a_training_run_folder_is_a_checkpoint(files, capsys):
     import shutil
 
-    from fomm_lessons.animate import load_checkpoint
+    from fomm_lessons.checkpoint import load_checkpoint
     from fomm_lessons.checkpoint import load_models
     from fomm_lessons.config import load_config
 

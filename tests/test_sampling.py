@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fomm_lessons import sampling
 from fomm_lessons.sampling import (
     AntiAliasDownsample,
     ImagePyramid,
