@@ -51,6 +51,16 @@ def _cmd_reconstruct(args):
     return evaluate.main(args)
 
 
+CONFIG_HELP = "FOMM YAML config (or a built-in name: vox-256, vox-adv-256, cpu-64)"
+
+
+def _add_model_arguments(parser):
+    """``--config`` and ``--checkpoint``: the networks a command runs."""
+    parser.add_argument("--config", required=True, help=CONFIG_HELP)
+    parser.add_argument("--checkpoint", required=True,
+                        help=".pth.tar, a converted weights folder, or a training run folder")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="fomm-lessons",
@@ -82,13 +92,13 @@ def build_parser():
     vox.set_defaults(func=_cmd_data_voxceleb)
 
     convert = commands.add_parser("convert", help="convert a published .pth.tar to Keras weights")
-    convert.add_argument("--config", required=True, help="FOMM YAML config (or a built-in name)")
+    convert.add_argument("--config", required=True, help=CONFIG_HELP)
     convert.add_argument("--checkpoint", required=True, help="the .pth.tar file")
     convert.add_argument("--out", required=True, help="output folder")
     convert.set_defaults(func=_cmd_convert)
 
     train = commands.add_parser("train", help="train the models on a dataset")
-    train.add_argument("--config", required=True, help="FOMM YAML config (or a built-in name)")
+    train.add_argument("--config", required=True, help=CONFIG_HELP)
     train.add_argument("--data", required=True, help="dataset root with train/ and test/")
     train.add_argument("--out", required=True, help="run folder: checkpoints, log.csv, TensorBoard")
     train.add_argument("--steps", type=int, default=None, help="stop after this many steps")
@@ -104,8 +114,7 @@ def build_parser():
     train.set_defaults(func=_cmd_train)
 
     animate = commands.add_parser("animate", help="animate a source image with a driving video")
-    animate.add_argument("--config", required=True, help="FOMM YAML config (or a built-in name)")
-    animate.add_argument("--checkpoint", required=True, help=".pth.tar or a converted weights folder")
+    _add_model_arguments(animate)
     animate.add_argument("--source", required=True, help="source image")
     animate.add_argument("--driving", required=True, help="driving video (mp4, gif, PNG folder)")
     animate.add_argument("--out", required=True, help="output video (mp4 or gif)")
@@ -119,8 +128,7 @@ def build_parser():
     animate.set_defaults(func=_cmd_animate)
 
     reconstruct = commands.add_parser("reconstruct", help="reconstruct the test videos and report L1")
-    reconstruct.add_argument("--config", required=True, help="FOMM YAML config (or a built-in name)")
-    reconstruct.add_argument("--checkpoint", required=True, help=".pth.tar or a converted weights folder")
+    _add_model_arguments(reconstruct)
     reconstruct.add_argument("--data", required=True, help="dataset root with test/")
     reconstruct.add_argument("--out", required=True, help="folder for the reconstructions and metrics")
     reconstruct.set_defaults(func=_cmd_reconstruct)
