@@ -17,7 +17,7 @@ def _cmd_bench(args):
 def _cmd_data_sample(args):
     from fomm_lessons.data import sample
 
-    sample.make_sample_dataset(args.out, size=args.size, seed=args.seed)
+    sample.make_sample_dataset(args.out, size=args.size, seed=args.seed, identities=args.identities)
     return 0
 
 
@@ -79,6 +79,8 @@ def build_parser():
     sample.add_argument("--out", required=True, help="folder to write the dataset to")
     sample.add_argument("--size", type=int, default=64, choices=(64, 128, 256), help="frame size")
     sample.add_argument("--seed", type=int, default=0, help="random seed")
+    sample.add_argument("--identities", choices=("faces", "extended"), default="faces",
+                        help="photographs used: the 3+1 faces of the chapters, or 8 training images")
     sample.set_defaults(func=_cmd_data_sample)
 
     vox = data_commands.add_parser("voxceleb", help="a real VoxCeleb2 subset (downloads)")

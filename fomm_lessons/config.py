@@ -20,7 +20,7 @@ import yaml
 __all__ = ["BUILTIN_CONFIGS", "ConfigError", "available_configs", "builtin_config_path",
            "load_config", "validate_config"]
 
-BUILTIN_CONFIGS = ("vox-256", "vox-adv-256", "cpu-64")
+BUILTIN_CONFIGS = ("vox-256", "vox-adv-256", "cpu-64", "sample-64")
 SECTIONS = ("dataset_params", "model_params", "train_params", "reconstruction_params",
             "animate_params", "visualizer_params")
 

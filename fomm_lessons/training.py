@@ -70,6 +70,8 @@ class Trainer:
 
         keras.mixed_precision.set_global_policy(
             {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}[self.precision])
+        # The initial weights (and random VGG19 weights, when no file is found) follow from the seed.
+        keras.utils.set_random_seed(self.seed)
         try:
             with self.strategy.scope():
                 self.models = build_models(config["model_params"], discriminator=True)

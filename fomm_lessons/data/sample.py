@@ -40,8 +40,27 @@ SOURCES = {
         licence="public domain", attribution="Grace Hopper, U.S. Navy photograph; "
         "matplotlib's sample data grace_hopper.jpg"),
 }
+# More "identities" for training a model that must paint faces it never saw: wider and closer
+# crops of the same photographs (a different framing is a different image to the generator),
+# and other photographs of scikit-image. ``face_scale`` overrides base_crop's framing.
+SOURCES.update({
+    "astronaut_wide": dict(SOURCES["astronaut"], face_scale=3.2),
+    "cameraman_wide": dict(SOURCES["cameraman"], face_scale=3.0),
+    "chelsea_close": dict(SOURCES["chelsea"], face_scale=1.1),
+    "coffee": dict(load=lambda: _skimage("coffee"), face=False, fallback=(180, 290, 150),
+                   licence="CC0", attribution="Rachel Michetti; skimage.data.coffee() of scikit-image"),
+    "rocket": dict(load=lambda: _skimage("rocket"), face=False, fallback=(210, 320, 150),
+                   licence="public domain", attribution="SpaceX, Falcon 9; skimage.data.rocket() of "
+                   "scikit-image"),
+})
 TRAIN_IDENTITIES = ("astronaut", "cameraman", "chelsea")
 TEST_IDENTITIES = ("grace_hopper",)
+# name -> (train identities, test identities); "faces" is the default set the chapters use.
+IDENTITY_SETS = {
+    "faces": (TRAIN_IDENTITIES, TEST_IDENTITIES),
+    "extended": (TRAIN_IDENTITIES + ("astronaut_wide", "cameraman_wide", "chelsea_close", "coffee",
+                                     "rocket"), TEST_IDENTITIES),
+}
 
 
 def _skimage(name):
@@ -84,7 +103,7 @@ def _square_box(shape, centre_row, centre_col, side):
     return top, left, side
 
 
-def base_crop(name, size, margin=1.25, face_scale=1.8, blur=0.7):
+def base_crop(name, size, margin=1.25, face_scale=None, blur=0.7):
     """The base image of one identity, float32 (N, N, 3) with ``N - 1 = round(margin (size - 1))``.
 
     The frame covers the central ``1 / margin`` of it: ``face_scale`` times
@@ -97,6 +116,7 @@ def base_crop(name, size, margin=1.25, face_scale=1.8, blur=0.7):
     from skimage.transform import resize
 
     source = SOURCES[name]
+    face_scale = face_scale or source.get("face_scale", 1.8)
     photo = to_rgb(source["load"](), name)  # (h, w, 3)
     detected = detect_face(photo) if source["face"] else None
     centre_row, centre_col, face = detected or source["fallback"]
@@ -175,12 +195,14 @@ def render(base, margin, theta, control_params):
 
 def make_sample_dataset(out, size=64, seed=0, num_frames=24, videos_per_identity=3,
                         sigma_affine=0.05, sigma_tps=0.005, points_tps=5, margin=1.25,
-                        keyframe_every=8, overwrite=True):
+                        keyframe_every=8, overwrite=True, identities="faces"):
     """Write the sample dataset to ``out`` (``train/``, ``test/``, ``meta/sample.json``); returns ``out``.
 
-    Identities are disjoint between the splits (:data:`TRAIN_IDENTITIES`,
-    :data:`TEST_IDENTITIES`); everything follows from ``seed``.
+    Identities are disjoint between the splits (``identities`` names a pair of
+    :data:`IDENTITY_SETS`); everything follows from ``seed``.
     """
+    if identities not in IDENTITY_SETS:
+        raise ValueError(f"expected identities in {sorted(IDENTITY_SETS)}, got {identities!r}")
     size = int(size)
     if size < 8:
         raise ValueError(f"expected a frame size of at least 8, got {size}")
@@ -192,12 +214,12 @@ def make_sample_dataset(out, size=64, seed=0, num_frames=24, videos_per_identity
             shutil.rmtree(os.path.join(out, part), ignore_errors=True)
     meta = {"format": FORMAT, "size": size, "seed": int(seed), "num_frames": int(num_frames),
             "sigma_affine": sigma_affine, "sigma_tps": sigma_tps, "points_tps": points_tps,
-            "keyframe_every": keyframe_every,
+            "keyframe_every": keyframe_every, "identity_set": identities,
             "convention": "frame_t(z) = base(T_t(z) / margin), T_t = ThinPlateSplineTransform."
                           "from_params(theta[t], control_params[t]); z in [-1, 1] (x, y)",
             "identities": {}, "videos": {}}
     number = 0
-    for split, names in (("train", TRAIN_IDENTITIES), ("test", TEST_IDENTITIES)):
+    for split, names in zip(("train", "test"), IDENTITY_SETS[identities]):
         for name in names:
             base, effective_margin, info = base_crop(name, size, margin)
             meta["identities"][name] = {"split": split, **info}
