@@ -278,6 +278,7 @@ def bench_quality(argv):
     parser.add_argument("--data", required=True, help="an offline sample dataset (fomm-lessons data sample)")
     parser.add_argument("--max-videos", type=int, default=None, help="videos per split at most")
     parser.add_argument("--untrained", action="store_true", help="also the same networks, untrained (seed 0)")
+    parser.add_argument("--frame-step", type=int, default=1, help="every n-th frame for the motion error")
     args = parser.parse_args(argv)
 
     import keras
@@ -293,15 +294,23 @@ def bench_quality(argv):
     if args.untrained:
         keras.utils.set_random_seed(0)
         untrained = build_models(config["model_params"], discriminator=False)
-    result = quality(args.data, models, untrained, max_videos=args.max_videos, frame_shape=frame_shape)
+    result = quality(args.data, models, untrained, max_videos=args.max_videos, frame_step=args.frame_step,
+                     frame_shape=frame_shape)
     for split, entry in result.items():
         report(workload="quality", config=str(args.config), checkpoint=str(args.checkpoint),
                data=str(args.data), split=split, **entry)
     return 0
 
 
+def bench_gpu_suite(argv):
+    from fomm_lessons import gpu_suite
+
+    return gpu_suite.main(argv)
+
+
 WORKLOADS = {"sampler": bench_sampler, "train-step": bench_train_step, "animate": bench_animate,
-             "animate-video": bench_animate_video, "data": bench_data, "quality": bench_quality}
+             "animate-video": bench_animate_video, "data": bench_data, "quality": bench_quality,
+             "gpu-suite": bench_gpu_suite}
 
 
 def main(argv=None):

@@ -134,8 +134,12 @@ def end_point_error(deformation, ground_truth):
     return float(error[visible].mean()), float(visible.mean())
 
 
-def motion_epe(root, models, frame_step=1, batch_size=BATCH_SIZE, max_videos=None, split="test"):
+def motion_epe(root, models, frame_step=1, batch_size=BATCH_SIZE, max_videos=None, split="test",
+               flows=None):
     """EPE of the predicted motion (source = frame 0) on one split of an offline sample dataset.
+
+    ``flows``, a dict, keeps the true flows between calls on the same dataset
+    (they take a Newton solve each).
 
     Returns ``{"videos": {name: EPE}, "epe": mean, "identity_epe": mean EPE of
     no motion at all, "visible": mean visible fraction}``.
@@ -154,7 +158,11 @@ def motion_epe(root, models, frame_step=1, batch_size=BATCH_SIZE, max_videos=Non
         grid = np.asarray(make_coordinate_grid(*video.shape[1:3]))
         errors = []
         for t, index in enumerate(indices):
-            truth = ground_truth_flow(root, name, 0, index)  # (H, W, 2)
+            if flows is None or (name, index) not in flows:
+                truth = ground_truth_flow(root, name, 0, index)  # (H, W, 2)
+                if flows is not None:
+                    flows[name, index] = truth
+            truth = flows[name, index] if flows is not None else truth
             epe, seen = end_point_error(deformation[t], truth)
             errors.append(epe)
             identity.append(end_point_error(grid, truth)[0])
@@ -209,7 +217,9 @@ def quality(root, models, untrained=None, splits=("train", "test"), max_videos=N
         kwargs = dict(frame_shape=frame_shape, max_videos=max_videos, split=split)
         l1 = reconstruction_l1(root, models, **kwargs)["l1"]
         baseline = reconstruction_l1(root, None, **kwargs)["l1"]
-        motion = motion_epe(root, models, frame_step=frame_step, max_videos=max_videos, split=split)
+        flows = {}
+        motion = motion_epe(root, models, frame_step=frame_step, max_videos=max_videos, split=split,
+                            flows=flows)
         entry = {"l1": l1, "l1_no_motion": baseline, "l1_ratio": l1 / baseline,
                  "epe_px": motion["epe"], "epe_zero_flow_px": motion["identity_epe"],
                  "epe_ratio": motion["epe"] / motion["identity_epe"],
@@ -217,7 +227,7 @@ def quality(root, models, untrained=None, splits=("train", "test"), max_videos=N
         if untrained is not None:
             entry["l1_untrained"] = reconstruction_l1(root, untrained, **kwargs)["l1"]
             entry["epe_untrained_px"] = motion_epe(root, untrained, frame_step=frame_step,
-                                                   max_videos=max_videos, split=split)["epe"]
+                                                   max_videos=max_videos, split=split, flows=flows)["epe"]
             entry["keypoint_equivariance_untrained_px"] = keypoint_equivariance(
                 root, untrained, **kwargs)["px"]
         report[split] = {key: round(value, 5) for key, value in entry.items()}
