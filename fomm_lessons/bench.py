@@ -273,8 +273,8 @@ def bench_train_step(argv):
 def bench_quality(argv):
     """Not a timing: the quality report of a model on an offline sample set, as one JSON line per split."""
     parser = argparse.ArgumentParser(prog="fomm_lessons.bench quality")
-    parser.add_argument("--config", default="sample-64", help="config of the model (a name or a YAML file)")
-    parser.add_argument("--checkpoint", required=True, help="weights folder, run folder or .pth.tar")
+    parser.add_argument("--config", default=None, help="config of the model (default: the named model's)")
+    parser.add_argument("--checkpoint", required=True, help="a model name, weights folder, run folder or .pth.tar")
     parser.add_argument("--data", required=True, help="an offline sample dataset (fomm-lessons data sample)")
     parser.add_argument("--max-videos", type=int, default=None, help="videos per split at most")
     parser.add_argument("--untrained", action="store_true", help="also the same networks, untrained (seed 0)")
@@ -287,9 +287,12 @@ def bench_quality(argv):
     from fomm_lessons.config import load_config
     from fomm_lessons.evaluate import quality
 
-    config = load_config(args.config)
+    from fomm_lessons import pretrained
+
+    checkpoint, config_name = pretrained.resolve(args.checkpoint, args.config)
+    config = load_config(config_name)
     frame_shape = tuple(config.get("dataset_params", {}).get("frame_shape", (64, 64, 3)))
-    models = load_checkpoint(args.checkpoint, config["model_params"], f"the config {args.config}")
+    models = load_checkpoint(checkpoint, config["model_params"], f"the config {config_name}")
     untrained = None
     if args.untrained:
         keras.utils.set_random_seed(0)
