@@ -119,3 +119,48 @@ def test_probe_finds_corrupt_frames_without_decoding(tmp_path):
         F.probe(bad)
     with pytest.raises(F.VideoError, match="no such file"):
         F.probe(tmp_path / "missing.mp4")
+
+
+def _ffmpeg(*args):
+    import subprocess
+
+    import imageio_ffmpeg
+
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *map(str, args)],
+                   check=True, timeout=60)
+
+
+@pytest.mark.parametrize("name", ["clip.mp4", "talk.mov"])
+def test_truncated_video_file_is_refused_naming_the_file(tmp_path, name):
+    """Index first (faststart), cut at 60%: ffmpeg alone returns the frames before the cut."""
+    import imageio.v2 as imageio
+
+    whole = tmp_path / f"whole-{name}"
+    if name.endswith(".mp4"):  # 8 frames of noise, so that each frame takes about as many bytes
+        noise = np.random.default_rng(0).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+        imageio.mimwrite(whole, list(noise), format="FFMPEG", fps=25, macro_block_size=1,
+                         output_params=["-movflags", "+faststart"])
+        frames = 8
+    else:  # 50 frames with sound: video and audio chunks interleaved
+        _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x64:rate=25", "-f", "lavfi", "-i", "sine=sample_rate=16000",
+                "-t", 2, "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-movflags", "+faststart", whole)
+        frames = 50
+    assert F.count_frames(whole) == frames
+    cut = tmp_path / name
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    decoded = len(imageio.mimread(cut, format="FFMPEG", memtest=False))
+    assert 0 < decoded < frames  # what ffmpeg gives without complaint
+    pattern = rf"{name}: it is truncated: {decoded} frames decoded, its index lists {frames} and only \d+ "
+    for read in (F.read_video, F.count_frames, F.probe):
+        with pytest.raises(F.VideoError, match=pattern):
+            read(cut)
+
+
+def test_an_edit_list_that_shows_fewer_frames_is_not_truncation(tmp_path):
+    """Cut without re-encoding from the key frame before 0.5 s: 50 frames stored, fewer shown, all present."""
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x64:rate=25", "-t", 2, "-c:v", "libx264", "-g", 25,
+            "-pix_fmt", "yuv420p", tmp_path / "long.mp4")
+    _ffmpeg("-ss", 0.5, "-i", tmp_path / "long.mp4", "-c", "copy", tmp_path / "cut.mp4")
+    assert F._mp4_video_index(tmp_path / "cut.mp4") == (50, 50)
+    assert 30 < len(F.read_video(tmp_path / "cut.mp4")) < 50  # 37 with ffmpeg 9: counts alone would refuse it
