@@ -300,7 +300,7 @@ def bench_quality(argv):
     result = quality(args.data, models, untrained, max_videos=args.max_videos, frame_step=args.frame_step,
                      frame_shape=frame_shape)
     for split, entry in result.items():
-        report(workload="quality", config=str(args.config), checkpoint=str(args.checkpoint),
+        report(workload="quality", config=str(config_name), checkpoint=str(args.checkpoint),
                data=str(args.data), split=split, **entry)
     return 0
 
