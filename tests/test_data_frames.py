@@ -52,6 +52,31 @@ def test_grayscale_rgba_and_16_bit_frames_become_rgb(tmp_path):
     np.testing.assert_allclose(clip[2], clip[0], atol=1e-6)
 
 
+def _png_bytes(gray16):
+    """A 16-bit grey PNG written by hand (signature, IHDR, one IDAT, IEND), independent of Pillow."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width = gray16.shape
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in gray16)  # filter type 0 per row
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)  # bit depth 16, colour type 0 (grey)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def test_16_bit_gray_png_is_scaled_by_its_bit_depth_whatever_mode_pillow_reports(tmp_path):
+    """Pillow 10 reports mode "I" (int32) for this file, later Pillows "I;16": both give v / 65535."""
+    gray16 = np.array([[0, 1, 257, 4096], [32768, 65534, 65535, 12345]], np.uint16)
+    path = tmp_path / "0.png"
+    path.write_bytes(_png_bytes(gray16))
+    with Image.open(path) as image:
+        assert image.mode in ("I", "I;16")
+    got = F.read_image(path)
+    np.testing.assert_allclose(got, np.repeat(gray16[..., None] / 65535.0, 3, -1), rtol=1e-6)
+
+
 @pytest.mark.parametrize("name, atol", [("clip.mp4", 0.03), ("clip.mov", 0.03), ("clip.gif", 0.03)])
 def test_real_video_files_round_trip(tmp_path, name, atol):
     clip = smooth_clip()

@@ -67,8 +67,34 @@ def to_rgb(array, where="image"):
     return np.ascontiguousarray(array[:, :, :3])
 
 
+def _png_bit_depth(path):
+    """Bits per sample of a PNG file, read from its IHDR chunk (the file's first chunk)."""
+    with open(path, "rb") as file:
+        header = file.read(25)  # 8-byte signature, length, b"IHDR", width, height, bit depth
+    if len(header) < 25 or header[12:16] != b"IHDR":
+        raise ValueError("no IHDR chunk at the start of the PNG file")
+    return header[24]
+
+
+def _grey_bits(path, image):
+    """Bits per sample of a wide integer grey image as its file stores them; None otherwise.
+
+    Pillow reports a 16-bit grey PNG as 32-bit mode ``I`` (Pillow 10) or as ``I;16`` (later),
+    so a PNG's depth is read from the file. A 32-bit ``I`` image of another format keeps
+    the int32 scale.
+    """
+    if image.mode != "I" and not image.mode.startswith("I;16"):
+        return None
+    if image.format == "PNG":
+        return _png_bit_depth(path)
+    return None if image.mode == "I" else 16
+
+
 def read_image(path):
-    """One frame file -> float32 RGB (H, W, 3) in [0, 1]; a bad file raises :class:`VideoError`."""
+    """One frame file -> float32 RGB (H, W, 3) in [0, 1]; a bad file raises :class:`VideoError`.
+
+    Integer images are scaled by the bit depth stored in the file, whatever mode Pillow reports.
+    """
     try:
         with Image.open(path) as image:
             image.load()
@@ -77,10 +103,11 @@ def read_image(path):
             elif image.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
                 image = image.convert("RGB")
             array = np.asarray(image)
+            bits = _grey_bits(path, image)
     except (OSError, ValueError, SyntaxError) as error:
         raise VideoError(path, f"{type(error).__name__}: {error}") from None
-    if image.mode.startswith("I;16"):
-        array = array.astype(np.uint16)
+    if bits is not None:
+        array = array.astype(np.float32) / float(2**bits - 1)
     return to_rgb(array, f"frame {path}")
 
 

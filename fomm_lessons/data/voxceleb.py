@@ -35,7 +35,8 @@ ZIP_PATH_IN_REPO = "vox2/vox2_test_mp4.zip"
 REVISION = "main"
 URL = f"https://huggingface.co/datasets/{DATASET}/resolve/{REVISION}/{ZIP_PATH_IN_REPO}"
 URL_ENV = "FOMM_VOXCELEB_URL"  # overrides URL (tests, mirrors)
-REPO_MANIFEST = pathlib.Path(__file__).resolve().parents[2] / "data" / "voxceleb-manifest.json"
+# Shipped inside the package (a wheel has no data/ folder); maintainers update it in the repository.
+REPO_MANIFEST = pathlib.Path(__file__).resolve().with_name("voxceleb-manifest.json")
 RUN_MANIFEST = "voxceleb-manifest.json"  # under OUT/meta/
 TEST_FRACTION = 0.2  # share of identities held out for the test split
 PNG_LEVEL = 1  # zlib level: 4x faster to write than the default 6, files about 6% larger
@@ -257,12 +258,16 @@ def _is_done(out, split, clip, size):
 
 
 def _load_pinned_hashes(url):
-    """SHA-256 of clips listed in data/voxceleb-manifest.json, when reading the pinned URL."""
-    if url != URL or not REPO_MANIFEST.is_file():
+    """SHA-256 of clips listed in the package's pinned manifest, when reading the pinned URL."""
+    if url != URL:
         return {}
+    if not REPO_MANIFEST.is_file():
+        raise VoxCelebError(f"the pinned manifest {REPO_MANIFEST} is missing: expected it inside the "
+                            "installed fomm_lessons package, so clips cannot be checked; reinstall fomm-lessons")
     manifest = json.loads(REPO_MANIFEST.read_text())
     if manifest.get("revision") != REVISION:
-        return {}
+        raise VoxCelebError(f"{REPO_MANIFEST} pins revision {manifest.get('revision')!r}, "
+                            f"expected {REVISION!r} (fomm_lessons.data.voxceleb.REVISION)")
     return {name: entry["sha256"] for name, entry in manifest.get("clips", {}).items()}
 
 
@@ -401,7 +406,7 @@ def _write_json(path, value):
 
 
 def update_repo_manifest(out, manifest_path=None):
-    """Add the clips of a run from the pinned URL to data/voxceleb-manifest.json (maintainers)."""
+    """Add the clips of a run from the pinned URL to the pinned manifest, REPO_MANIFEST (maintainers)."""
     manifest_path = pathlib.Path(manifest_path or REPO_MANIFEST)
     run = json.loads((pathlib.Path(out) / "meta" / RUN_MANIFEST).read_text())
     pinned = json.loads(manifest_path.read_text())
@@ -447,5 +452,5 @@ def main(args):
 if __name__ == "__main__":  # python -m fomm_lessons.data.voxceleb record OUT
     if len(sys.argv) != 3 or sys.argv[1] != "record":
         sys.exit("usage: python -m fomm_lessons.data.voxceleb record OUT\n"
-                 "  adds the clips of OUT (fetched from the pinned URL) to data/voxceleb-manifest.json")
+                 "  adds the clips of OUT (fetched from the pinned URL) to fomm_lessons/data/voxceleb-manifest.json")
     print(f"{len(update_repo_manifest(sys.argv[2])['clips'])} clips in {REPO_MANIFEST}")
