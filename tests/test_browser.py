@@ -287,6 +287,10 @@ def test_every_page_renders_offline_in_chromium(site, capsys):
                 problems.append(f"search.html?q=Jacobian: no results ({type(error).__name__})")
             if hits and not any("02_taylor_series" in hit for hit in hits):
                 problems.append(f"search.html?q=Jacobian: the Taylor-series chapter is not among {hits}")
+            page.wait_for_timeout(1000)  # the results' maths is typeset after they appear
+            found = page.evaluate(INSPECT)
+            if found["raw_tex"]:
+                problems.append(f"search.html?q=Jacobian: raw TeX in the results: {found['raw_tex'][:3]}")
             page.screenshot(path=str(OUT / "search-Jacobian.png"), full_page=True)
         finally:
             browser.close()

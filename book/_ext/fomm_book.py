@@ -6,6 +6,8 @@
 * A page loads each script once: sphinx-thebe adds its inline configuration
   (``const THEBE_JS_URL = ...``) twice under Jupyter Book 1.x, and the second
   copy is a JavaScript error on every page (tests/test_browser.py).
+* The search page loads MathJax, so that ``_static/search-math.js`` can typeset
+  the maths that the results quote.
 """
 
 import inspect
@@ -40,7 +42,13 @@ def _scripts_once(app, pagename, templatename, context, doctree):
     context["script_files"][:] = scripts  # in place: the builder shares this list
 
 
+def _math_on_search_page(app, pagename, templatename, context, doctree):
+    if pagename == "search":
+        app.env.get_domain("math").data["has_equations"][pagename] = True
+
+
 def setup(app):
+    app.connect("html-page-context", _math_on_search_page, priority=400)  # before MathJax's hook
     app.connect("autodoc-process-signature", _init_signature)
     app.connect("html-page-context", _scripts_once, priority=900)  # after the themes' own hooks
     return {"parallel_read_safe": True, "parallel_write_safe": True}
