@@ -73,7 +73,16 @@ INSPECT = """async () => {
   const local = (url) => url.startsWith("data:") || new URL(url, location.href).host === location.host;
   report.images = Array.from(document.images).map((img) =>
     ({src: img.currentSrc.slice(0, 120), local: local(img.currentSrc), width: img.naturalWidth}));
+  // An animation plays by itself (muted autoplay) once it is on screen: its clock must move.
+  for (const video of videos) {
+    video.scrollIntoView({block: "center"});
+    for (let k = 0; k < 100 && video.autoplay && !video.error && !(video.currentTime > 0); k++) {
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  }
+  window.scrollTo(0, 0);
   report.videos = videos.map((video) => ({width: video.videoWidth, duration: video.duration,
+                                          playing: video.currentTime > 0,
                                           error: video.error ? video.error.code : null}));
   // Visible text outside code, scripts and typeset math must hold no TeX delimiters.
   const skip = "script, style, pre, code, textarea, mjx-container, .MathJax, mjx-assistive-mml";
@@ -99,6 +108,7 @@ INSPECT = """async () => {
 
 # Code cells, solutions opened: none may scroll sideways; the narrowest column is measured.
 CODE_WIDTH = """() => {
+  document.querySelectorAll("details.hide").forEach((details) => { details.open = true; });
   const cells = Array.from(document.querySelectorAll("div.cell_input pre"));
   const longest = (pre) => pre.textContent.split("\\n").reduce((a, b) => (a.length >= b.length ? a : b));
   const report = {code_cells: cells.length,
@@ -244,6 +254,8 @@ def _check_page(page, base, name, chapters, external, problems, out):
     for k, video in enumerate(report["videos"]):
         if not video["width"] or not video["duration"] or video["error"]:
             found.append(f"video {k + 1} has no readable metadata: {video}")
+        elif not video["playing"]:
+            found.append(f"video {k + 1} does not play: {video}")
     if report["raw_tex"]:
         found.append(f"raw TeX left after typesetting: {report['raw_tex'][:3]}")
     if report["math_errors"]:
