@@ -4,7 +4,7 @@ A config is a plain dict with the original's sections (``dataset_params``,
 ``model_params``, ``train_params``, ``reconstruction_params``,
 ``animate_params``, ``visualizer_params``). :func:`load_config` reads a YAML
 file or one of the built-in configs shipped in ``fomm_lessons/configs/``
-(:data:`BUILTIN_CONFIGS`), and :func:`validate_config` checks the values the
+(``BUILTIN_CONFIGS``), and :func:`validate_config` checks the values the
 networks and the trainer rely on, so that a typo fails here, with the key and
 the value, and not deep inside a network.
 """

@@ -95,7 +95,7 @@ def generator_losses(models, source, driving, train_params, pyramid, vgg=None, t
     """All losses of the generator + keypoint step, and the generated outputs.
 
     ``models`` has ``kp_detector``, ``generator`` and (when the GAN is used)
-    ``discriminator`` (a :class:`MultiScaleDiscriminator`); ``pyramid`` is an
+    ``discriminator`` (a :class:`~fomm_lessons.discriminator.MultiScaleDiscriminator`); ``pyramid`` is an
     :class:`~fomm_lessons.sampling.ImagePyramid` over ``train_params["scales"]``;
     ``vgg`` a :class:`~fomm_lessons.perceptual.Vgg19Features` (needed when the
     perceptual weights are not all 0); ``transform`` the random TPS of the

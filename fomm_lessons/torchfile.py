@@ -11,7 +11,7 @@ Two layouts exist:
   pickle, a pickle of the storage keys, then for each key an int64 element
   count followed by the storage's bytes.
 
-Pickles can run any function they name, so :class:`_RestrictedUnpickler`
+Pickles can run any function they name, so ``_RestrictedUnpickler``
 resolves a name only when it is in :data:`ALLOWED_GLOBALS`, and then to a small
 function of this module (never to torch or to the named object itself).
 Everything else raises :class:`UnsafeCheckpointError` naming the class before

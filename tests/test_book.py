@@ -76,6 +76,114 @@ def test_book_builds_without_warnings(tmp_path):
     assert "Siarohin" in intro  # the citation resolved against references.bib
     assert "largest change under the identity grid" in intro  # stored outputs are rendered
     assert 'class="math' in intro or "\\(" in intro  # MyST math reached the page
+    # The book works offline: MathJax is served from the site, not from a CDN.
+    assert (html / "_static" / "mathjax" / "tex-chtml.js").exists(), "MathJax was not copied into _static"
+    for path in toc_notebooks():
+        page = (html / path.relative_to(ROOT).with_suffix(".html")).read_text()
+        assert "_static/mathjax/tex-chtml.js" in page and "cdn.jsdelivr.net/npm/mathjax" not in page, path.name
+    # Chapters link into the API reference (nitpicky: a link to a missing entry fails the build).
+    for name in ("01_optical_flow", "02_taylor_series", "03_bilinear_interpolation", "04_warping", "intro"):
+        page = (html / "book" / f"{name}.html").read_text()
+        assert re.search(r'href="api/[a-z_]+\.html#fomm_lessons\.', page), f"{name} links to no API entry"
+    grid_sample = (html / "book" / "api" / "geometry.html").read_text()
+    assert 'id="fomm_lessons.sampling.grid_sample"' in grid_sample  # autodoc rendered the docstrings
+
+
+CODE_COLUMNS = 88  # what a code cell shows at 1280 px without scrolling (tests/test_browser.py measures it)
+
+
+@pytest.mark.parametrize("path", toc_notebooks(), ids=lambda p: p.name)
+def test_code_lines_fit_the_column(path):
+    long = [f"cell {k}: {len(line)} characters: {line[:60]}..."
+            for k, cell in enumerate(_notebook(path)["cells"]) if cell["cell_type"] == "code"
+            for line in "".join(cell["source"]).splitlines() if len(line) > CODE_COLUMNS]
+    assert not long, f"{path.name}: code lines longer than {CODE_COLUMNS} characters:\n" + "\n".join(long)
+
+
+def _exercise_blocks(nb):
+    """Exercises and gated solutions of a notebook: ({label: cell index}, [(label, options, cells)])."""
+    exercises, solutions, open_solution = {}, [], None
+    for k, cell in enumerate(nb["cells"]):
+        text = "".join(cell["source"])
+        if cell["cell_type"] == "markdown":
+            for match in re.finditer(r"^(`{3,})\{exercise\}.*\n((?::[\w-]+:.*\n)*)", text, re.M):
+                label = re.search(r"^:label:\s*(\S+)", match[2], re.M)
+                assert label, f"cell {k}: an exercise without a :label:"
+                exercises[label[1]] = k
+            start = re.search(r"^`{3,}\{solution-start\}\s*(\S+)\n((?::[\w-]+:.*\n)*)", text, re.M)
+            if start:
+                assert open_solution is None, f"cell {k}: a solution starts inside another one"
+                open_solution = (start[1], start[2], [])
+            if re.search(r"^`{3,}\{solution-end\}", text, re.M):
+                assert open_solution is not None, f"cell {k}: a solution-end without a solution-start"
+                solutions.append(open_solution)
+                open_solution = None
+            assert "{solution}" not in text, f"cell {k}: use solution-start/-end, so the solution's code runs"
+        elif open_solution is not None:
+            open_solution[2].append(k)
+    assert open_solution is None, f"solution {open_solution[0]} has no solution-end"
+    return exercises, solutions
+
+
+@pytest.mark.parametrize("path", toc_notebooks(), ids=lambda p: p.name)
+def test_solutions_are_hidden_dropdowns_whose_code_runs(path):
+    """One mechanism for every exercise (README, "Writing a chapter"): sphinx-exercise.
+
+    Each ``{exercise}`` has a label and exactly one gated solution after it
+    (``{solution-start} label`` with ``:class: dropdown`` ... ``{solution-end}``)
+    holding at least one code cell, which nbval runs like any other cell: no
+    tag may hide it from the reader's click or skip it. Everything below an
+    "Exercises" heading is an exercise or a solution.
+    """
+    nb = _notebook(path)
+    exercises, solutions = _exercise_blocks(nb)
+    labels = [label for label, _, _ in solutions]
+    assert sorted(labels) == sorted(exercises), f"exercises {sorted(exercises)} but solutions {labels}"
+    cells_in_solutions = set()
+    for label, options, cells in solutions:
+        assert re.search(r"^:class:\s*dropdown\s*$", options, re.M), f"solution {label} is not a dropdown"
+        code = [k for k in cells if nb["cells"][k]["cell_type"] == "code"]
+        assert code, f"solution {label} has no code cell"
+        assert min(cells) > exercises[label], f"solution {label} comes before its exercise"
+        for k in code:
+            tags = set(nb["cells"][k]["metadata"].get("tags", []))
+            hiding = {t for t in tags if t.startswith(("hide-", "remove-")) or t in {"skip-execution", "nbval-skip"}}
+            assert not hiding, f"solution {label}, cell {k}: tags {hiding} (the dropdown is the only fold)"
+        cells_in_solutions.update(cells)
+    heading = next((k for k, c in enumerate(nb["cells"]) if c["cell_type"] == "markdown"
+                    and re.search(r"^#+\s*Exercises\s*$", "".join(c["source"]), re.M)), None)
+    if heading is not None:
+        loose = [k for k in range(heading, len(nb["cells"])) if nb["cells"][k]["cell_type"] == "code"
+                 and k not in cells_in_solutions]
+        assert not loose, f"code cells {loose} below the Exercises heading are not inside a solution"
+    else:
+        assert not exercises, "exercises belong under an 'Exercises' heading"
+    for k, cell in enumerate(nb["cells"]):  # the old mechanism: a folded code cell
+        if cell["cell_type"] == "code" and k not in cells_in_solutions:
+            text = "".join(cell["source"]).lstrip()
+            assert not text.lower().startswith("# solution"), f"cell {k} is a solution outside the mechanism"
+
+
+def test_exercise_extension_is_configured():
+    extensions = CONFIG["sphinx"]["extra_extensions"]
+    assert "sphinx_exercise" in extensions and "sphinx-mathjax-offline" in extensions
+
+
+def test_api_reference_documents_every_module():
+    """Every module of fomm_lessons has an automodule entry in book/api/, and every API page is in the toc."""
+    import pkgutil
+
+    import fomm_lessons
+
+    modules = {"fomm_lessons"} | {m.name for m in pkgutil.walk_packages(fomm_lessons.__path__, "fomm_lessons.")}
+    pages = sorted((ROOT / "book" / "api").glob("*.md"))
+    documented = {m for p in pages for m in re.findall(r"^\.\. automodule:: (\S+)", p.read_text(), re.M)}
+    assert modules - documented == set(), f"modules missing from book/api/*.md: {sorted(modules - documented)}"
+    assert documented - modules == set(), f"book/api/ documents modules that do not exist: {documented - modules}"
+    toc = (ROOT / "_toc.yml").read_text()
+    for page in pages:
+        assert f"book/api/{page.stem}\n" in toc, f"{page.name} is not in _toc.yml"
+
 
 
 # Runs a notebook as Jupyter or Colab would and prints the text of its stderr outputs as JSON.

@@ -107,12 +107,44 @@ def test_side_by_side_and_video_files(tmp_path):
     np.testing.assert_array_equal(frames[3, :, 16:], result[3])
     with pytest.raises(ValueError, match="alike"):
         viz.side_by_side(source, driving, result[:4])
-    html = viz.video_html(frames, fps=5)
-    assert "<script" in html and html.count("data:image/png;base64") == 5
     from fomm_lessons.data.frames import read_video
 
     gif = viz.save_video(str(tmp_path / "clip.gif"), frames, fps=5)
     assert read_video(gif).shape == (5, 8, 24, 3)
+
+
+def test_video_html_is_a_self_contained_h264_video_of_the_frames(tmp_path):
+    """Decoded again, the data: URI holds every frame, each pixel a scale x scale block, close to the input."""
+    import base64
+    import re
+
+    import imageio_ffmpeg
+
+    rows, cols = np.mgrid[0:9, 0:13]
+    frames = np.stack([np.stack([(rows + t) % 9 / 8, (cols * 2 + t) % 13 / 12, np.full(rows.shape, t / 5)], -1)
+                       for t in range(6)]).astype(np.float32)  # (6, 9, 13, 3): odd sizes
+    html = viz.video_html(frames, fps=5, scale=2)
+    assert "http" not in html and "<script" not in html  # nothing to fetch, no player
+    match = re.fullmatch(r'<video class="fomm-video" controls autoplay muted playsinline loop '
+                         r'width="(\d+)" height="(\d+)" src="data:video/mp4;base64,([A-Za-z0-9+/=]+)"></video>', html)
+    assert match, html[:200]
+    assert (int(match[1]), int(match[2])) == (26, 18)  # 2x the frames, already even
+    path = tmp_path / "back.mp4"
+    path.write_bytes(base64.b64decode(match[3]))
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    assert meta["size"] == (26, 18) and meta["fps"] == 5
+    decoded = np.stack([np.frombuffer(f, np.uint8).reshape(18, 26, 3) for f in reader]) / 255.0
+    assert decoded.shape == (6, 18, 26, 3)
+    expected = frames.repeat(2, axis=1).repeat(2, axis=2)
+    assert np.abs(decoded - expected).mean() < 0.03  # lossy, but these frames, not others
+    assert np.abs(decoded - expected[::-1]).mean() > 0.1
+    padded = viz.video_html(frames[:2], scale=1)  # 9 x 13: a row and a column are repeated
+    assert 'width="14" height="10"' in padded and "loop" in padded
+    with pytest.raises(ValueError, match=r"\(T, H, W, 3\)"):
+        viz.video_html(frames[0])
+    with pytest.raises(ValueError, match="whole number scale"):
+        viz.video_html(frames, scale=1.5)
 
 
 def test_training_curves_follow_log_csv(tmp_path):

@@ -5,8 +5,10 @@ Submodules load on first use, so ``import fomm_lessons.data`` imports neither
 TensorFlow nor the network code of the VoxCeleb fetcher:
 
 * :mod:`fomm_lessons.data.frames` - read and write videos (NumPy only);
-* :mod:`fomm_lessons.data.loader` - :class:`FramesDataset`, training pairs and whole videos as ``tf.data``;
-* :mod:`fomm_lessons.data.sample` - :func:`make_sample_dataset`, :func:`ground_truth_flow`;
+* :mod:`fomm_lessons.data.loader` - :class:`~fomm_lessons.data.loader.FramesDataset`,
+  training pairs and whole videos as ``tf.data``;
+* :mod:`fomm_lessons.data.sample` - :func:`~fomm_lessons.data.sample.make_sample_dataset`,
+  :func:`~fomm_lessons.data.sample.ground_truth_flow`;
 * :mod:`fomm_lessons.data.voxceleb` - the VoxCeleb2 subset.
 """
 

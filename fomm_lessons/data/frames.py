@@ -34,7 +34,7 @@ def identity_of(path):
 
 
 def is_video(path):
-    """A folder or file whose name ends in one of :data:`VIDEO_SUFFIXES`."""
+    """A folder or file whose name ends in one of ``VIDEO_SUFFIXES``."""
     return os.fspath(path).lower().endswith(VIDEO_SUFFIXES)
 
 

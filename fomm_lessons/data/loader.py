@@ -122,7 +122,7 @@ class FramesDataset:
 
     ``frame_shape``, ``id_sampling`` and ``augmentation_params`` are the
     original config's ``dataset_params``. Every video is checked when the
-    dataset is made: a bad one raises :class:`VideoError` naming the file and
+    dataset is made: a bad one raises :class:`~fomm_lessons.data.frames.VideoError` naming the file and
     the reason or, with ``skip_bad``, is skipped with a warning and listed in
     ``skipped``; frames of another size are resized, with one warning per video.
     """

@@ -199,7 +199,7 @@ def make_sample_dataset(out, size=64, seed=0, num_frames=24, videos_per_identity
     """Write the sample dataset to ``out`` (``train/``, ``test/``, ``meta/sample.json``); returns ``out``.
 
     Identities are disjoint between the splits (``identities`` names a pair of
-    :data:`IDENTITY_SETS`); everything follows from ``seed``.
+    ``IDENTITY_SETS``); everything follows from ``seed``.
     """
     if identities not in IDENTITY_SETS:
         raise ValueError(f"expected identities in {sorted(IDENTITY_SETS)}, got {identities!r}")
