@@ -118,17 +118,23 @@ def build_parser():
     convert.add_argument("--out", required=True, help="output folder")
     convert.set_defaults(func=_cmd_convert, checkpoint_kind="torch")
 
-    train = commands.add_parser("train", help="train the models on a dataset")
+    train = commands.add_parser(
+        "train", help="train the models on a dataset",
+        epilog="One run at a time per --out folder (train.lock). Ctrl-C or SIGTERM saves a checkpoint and exits "
+               "130 or 143, printing the command that resumes.")
     train.add_argument("--config", required=True, help=CONFIG_HELP)
     train.add_argument("--data", required=True, help="dataset root with train/ and test/")
     train.add_argument("--out", required=True, help="run folder: checkpoints, log.csv, TensorBoard")
-    train.add_argument("--steps", type=int, default=None, help="stop after this many steps")
-    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    train.add_argument("--steps", type=int, default=None, help="stop at this step (a positive number, counted "
+                       "from the run's start)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the newest checkpoint in --out that reads whole and finite")
     train.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None,
                        help="compile the steps with XLA (default: on for GPUs/TPUs, off on CPU)")
     train.add_argument("--mixed-precision", choices=("auto", "off", "float16", "bfloat16"), default="auto",
                        help="compute dtype (default auto: float16 on GPUs, bfloat16 on TPUs, off on CPU)")
-    train.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
+    train.add_argument("--checkpoint-every", type=int, default=None,
+                       help="steps between checkpoints (default: one an epoch)")
     train.add_argument("--seed", type=int, default=0, help="random seed")
     train.add_argument("--vgg", default="auto",
                        help="VGG19 weights for the perceptual loss: auto, imagenet, torchvision, random or a file")
