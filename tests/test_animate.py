@@ -389,6 +389,23 @@ def test_a_large_source_is_shrunk_before_it_becomes_float(files, tmp_path, capsy
     assert status == 2 and lines[0] == f"fomm-lessons animate: resizing the source {path} (2048x2048) to 64x64", err
 
 
+def test_a_cut_driving_video_is_refused_while_streaming(files, tmp_path, capsys):
+    """A faststart .mp4 cut at 60% (a broken download): the streamed reader checks its index first."""
+    import imageio.v2 as imageio
+
+    noise = np.random.default_rng(0).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+    whole = tmp_path / "whole.mp4"
+    imageio.mimwrite(whole, list(noise), format="FFMPEG", fps=25, macro_block_size=1,
+                     output_params=["-movflags", "+faststart"])
+    data = whole.read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) * 6 // 10])
+    assert 0 < len(imageio.mimread(tmp_path / "cut.mp4", format="FFMPEG", memtest=False)) < 8  # ffmpeg: no error
+    with pytest.raises(ValueError, match=r"cut.mp4: it is truncated: its index lists 8 frames"):
+        next(stream.iter_frames(str(tmp_path / "cut.mp4")))
+    status, _, err = run_animate(files, capsys, driving=tmp_path / "cut.mp4", out=tmp_path / "out.gif")
+    assert status == 2 and "is not a video: it is truncated" in err.strip().splitlines()[-1]
+
+
 STREAMING_PROBE = r"""
 import json, os, resource, sys
 from fomm_lessons import cli

@@ -46,7 +46,7 @@ import numpy as np
 from PIL import Image
 
 from fomm_lessons.data.frames import VideoError, is_video
-from fomm_lessons.data.stream import VideoWriter, fit_image, frame_count, raw_frames
+from fomm_lessons.data.stream import VideoWriter, fit_image, frame_count, raw_frames, read_source_image
 
 DETECT_SIDE = 320  # frames are shrunk to this shorter side before detection
 MIN_FACE = 1 / 8  # smallest face searched, as a fraction of the shorter side
@@ -350,7 +350,7 @@ def crop_image_file(path, out, size=256, increase=INCREASE, box=None):
                 box = image_box(image, increase, path, full_size=full)
         with Image.open(path) as image:
             box = parse_box(",".join(str(v) for v in box), (image.height, image.width), path)
-            pixels = fit_image(image, (size, size), box)
+        pixels = read_source_image(path, (size, size), box)
     except (OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"{path} is not an image: {type(error).__name__}: {error}") from None
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

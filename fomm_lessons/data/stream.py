@@ -16,12 +16,14 @@
 
 import os
 import re
+import struct
 import tempfile
 
 import numpy as np
 from PIL import Image
 
 from fomm_lessons.data.frames import VIDEO_SUFFIXES, VideoError, frame_files, is_video, to_rgb
+from fomm_lessons.data.frames import _grey_bits, _mp4_video_index  # the rules of read_image and probe
 from fomm_lessons.data.media import DEFAULT_FPS, OUTPUT_SUFFIXES, claim_output_folder, is_folder_path, mux_audio
 
 CHUNK = 32  # frames decoded per chunk: 32 x 256 x 256 x 3 float32 = 25 MB
@@ -32,10 +34,15 @@ FRAME_NAME = re.compile(r"^\d{7}\.png$")  # the frames a PNG-folder output is ma
 # Fitting one image (a frame or a photograph) to the model's size
 # ---------------------------------------------------------------------------
 
-def _resizable(image):
-    """``image`` in a mode Pillow resizes, and how to turn the result into float RGB in [0, 1]."""
-    if image.mode.startswith("I;16"):  # 16-bit: resized as 32-bit integers, read back as uint16
-        return image.convert("I"), lambda array: to_rgb(array.astype(np.uint16))
+def _resizable(image, bits=None):
+    """``image`` in a mode Pillow resizes, and how to turn the result into float RGB in [0, 1].
+
+    Wide integer grey images are resized as 32-bit integers and scaled by ``bits``, the
+    bit depth their file stores (``frames._grey_bits``), as :func:`frames.read_image` does.
+    """
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        top = float(2**bits - 1) if bits else float(np.iinfo(np.int32).max)
+        return image.convert("I"), lambda array: to_rgb(array.astype(np.float32) / top)
     if image.mode == "P":
         image = image.convert("RGBA")
     elif image.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
@@ -43,14 +50,15 @@ def _resizable(image):
     return image, to_rgb
 
 
-def fit_image(image, shape=None, box=None):
+def fit_image(image, shape=None, box=None, bits=None):
     """A Pillow image cropped to ``box`` (x, y, w, h) and resized to ``shape`` (H, W): float32 (H, W, 3).
 
     Shrinking by a large factor first averages blocks of pixels (``reduce``,
     ``reducing_gap=2``), then resamples with the bilinear filter, which
-    Pillow widens by the scale factor (anti-aliased).
+    Pillow widens by the scale factor (anti-aliased). ``bits``: the stored
+    depth of a wide integer grey image.
     """
-    image, to_float = _resizable(image)
+    image, to_float = _resizable(image, bits)
     if box is not None:
         x, y, w, h = (int(round(v)) for v in box)
         image = image.crop((x, y, x + w, y + h))
@@ -102,7 +110,7 @@ def read_source_image(path, frame_shape=None, box=None, log=None):
                         box = tuple(v * scale for v in box)
             if log is not None and frame_shape is not None and tuple(region[::-1]) != tuple(frame_shape[:2]):
                 log(f"resizing the source {path} ({region[0]}x{region[1]}) to {frame_shape[1]}x{frame_shape[0]}")
-            return fit_image(image, frame_shape, box)
+            return fit_image(image, frame_shape, box, _grey_bits(path, image))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"the source {path} is not an image: {type(error).__name__}: {error}") from None
 
@@ -127,6 +135,15 @@ def raw_frames(path):
     if not path.lower().endswith(VIDEO_SUFFIXES):
         raise VideoError(path, f"expected a folder of frames or a {'/'.join(VIDEO_SUFFIXES)} file")
     import imageio.v2 as imageio
+
+    if not path.lower().endswith(".gif"):  # a cut download: ffmpeg would stop at the cut, silently
+        try:
+            index = _mp4_video_index(path)
+        except (struct.error, OSError):  # an index that does not parse is no evidence either way
+            index = None
+        if index is not None and index[1] < index[0]:
+            raise VideoError(path, f"it is truncated: its index lists {index[0]} frames and only {index[1]} "
+                                   "of them are in the file; download or copy it again")
 
     def unreadable(error):
         first_line = (str(error).strip().splitlines() or [""])[0]  # not ffmpeg's whole log
