@@ -2,6 +2,7 @@
 #   make book         set up .venv/ and build the book into _build/html/
 #   make test         set up .venv/ and run every test (what CI runs)
 #   make test-legacy  the tensorflow-addons cross-check in .venv-legacy/ (part of `make test`)
+#   make test-envs    the lowest-versions and the Colab-like environments (envs.mk; part of `make test`)
 #   make browser      Debian's Chromium for tests/test_browser.py (part of `make test`)
 
 PYTHON ?= python3
@@ -59,7 +60,9 @@ browser:
 		fi; \
 	fi
 
-test: test-unit test-legacy
+include envs.mk
+
+test: test-unit test-legacy test-envs
 
 clean:
-	rm -rf _build $(VENV) $(LEGACY)
+	rm -rf _build $(VENV) $(LEGACY) $(ENVS)

@@ -4,11 +4,13 @@
   (child processes) inherit the same environment.
 * Matplotlib's font cache is built here, once, so that a fresh machine's
   "building the font cache" notice never lands in a notebook's output.
+* triton, when installed (with PyPI's CUDA torch), is imported before TensorFlow.
 * Only the notebooks listed in ``_toc.yml`` are collected by nbval.
 * ``shared_dir``/``parity`` fixtures read ``../shared`` and skip with a reason
   when it is absent.
 """
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -16,6 +18,11 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# PyPI's torch for Linux is a CUDA build that brings triton, which torch loads lazily (the
+# first torch.optim optimiser, say). TensorFlow >= 2.20 puts its own LLVM into the global
+# symbol table, and triton loaded after it segfaults; loaded before it, both work.
+if importlib.util.find_spec("triton") is not None:
+    import triton  # noqa: F401
 os.environ.setdefault("PYTHONHASHSEED", "0")
 
 ROOT = Path(__file__).resolve().parent

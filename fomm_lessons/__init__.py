@@ -12,7 +12,8 @@ __version__ = "0.1.0"
 _SUBMODULES = {
     "sampling", "blocks", "config", "keypoint_detector", "dense_motion", "generator",
     "discriminator", "perceptual", "losses", "checkpoint", "data", "training",
-    "animate", "evaluate", "viz", "notebook", "bench", "cli", "torchfile",
+    "animate", "evaluate", "viz", "notebook", "bench", "cli", "torchfile", "gpu_suite",
+    "pretrained", "download",
 }
 
 

@@ -270,8 +270,50 @@ def bench_train_step(argv):
     return 0
 
 
+def bench_quality(argv):
+    """Not a timing: the quality report of a model on an offline sample set, as one JSON line per split."""
+    parser = argparse.ArgumentParser(prog="fomm_lessons.bench quality")
+    parser.add_argument("--config", default=None, help="config of the model (default: the named model's)")
+    parser.add_argument("--checkpoint", required=True, help="a model name, weights folder, run folder or .pth.tar")
+    parser.add_argument("--data", required=True, help="an offline sample dataset (fomm-lessons data sample)")
+    parser.add_argument("--max-videos", type=int, default=None, help="videos per split at most")
+    parser.add_argument("--untrained", action="store_true", help="also the same networks, untrained (seed 0)")
+    parser.add_argument("--frame-step", type=int, default=1, help="every n-th frame for the motion error")
+    args = parser.parse_args(argv)
+
+    import keras
+
+    from fomm_lessons.checkpoint import build_models, load_checkpoint
+    from fomm_lessons.config import load_config
+    from fomm_lessons.evaluate import quality
+
+    from fomm_lessons import pretrained
+
+    checkpoint, config_name = pretrained.resolve(args.checkpoint, args.config)
+    config = load_config(config_name)
+    frame_shape = tuple(config.get("dataset_params", {}).get("frame_shape", (64, 64, 3)))
+    models = load_checkpoint(checkpoint, config["model_params"], f"the config {config_name}")
+    untrained = None
+    if args.untrained:
+        keras.utils.set_random_seed(0)
+        untrained = build_models(config["model_params"], discriminator=False)
+    result = quality(args.data, models, untrained, max_videos=args.max_videos, frame_step=args.frame_step,
+                     frame_shape=frame_shape)
+    for split, entry in result.items():
+        report(workload="quality", config=str(config_name), checkpoint=str(args.checkpoint),
+               data=str(args.data), split=split, **entry)
+    return 0
+
+
+def bench_gpu_suite(argv):
+    from fomm_lessons import gpu_suite
+
+    return gpu_suite.main(argv)
+
+
 WORKLOADS = {"sampler": bench_sampler, "train-step": bench_train_step, "animate": bench_animate,
-             "animate-video": bench_animate_video, "data": bench_data}
+             "animate-video": bench_animate_video, "data": bench_data, "quality": bench_quality,
+             "gpu-suite": bench_gpu_suite}
 
 
 def main(argv=None):

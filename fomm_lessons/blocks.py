@@ -46,8 +46,18 @@ class BatchNorm2d(keras.layers.BatchNormalization):
     ``synchronized``), where Keras would use the biased one.
     """
 
+    def __init__(self, **kwargs):
+        # Keras 3.14 added batch renormalisation, which PyTorch's BatchNorm2d does not have;
+        # the options are taken out here so that no Keras version's private state is read.
+        if kwargs.pop("renorm", False):
+            raise ValueError("BatchNorm2d(renorm=True) is not supported: "
+                             "expected renorm=False, as PyTorch's BatchNorm2d has no batch renormalisation")
+        for key in ("renorm_clipping", "renorm_momentum"):
+            kwargs.pop(key, None)
+        super().__init__(**kwargs)
+
     def call(self, inputs, training=None, mask=None):
-        if not (training and self.trainable) or mask is not None or self.renorm or inputs.shape.rank != 4:
+        if not (training and self.trainable) or mask is not None or inputs.shape.rank != 4:
             return super().call(inputs, training=training, mask=mask)
         x = tf.cast(inputs, tf.float32)
         mean, variance, n = self._batch_moments(x)

@@ -207,17 +207,38 @@ def _to_numpy(tree):
     return tree
 
 
-def read_torch_checkpoint(path):
-    """The dict stored in a ``.pth.tar`` file, tensors as NumPy arrays (with or without torch)."""
+def read_torch_checkpoint(path, max_bytes=None):
+    """The dict stored in a ``.pth.tar`` file, tensors as NumPy arrays (with or without torch).
+
+    Only tensors, dicts, lists and plain values are read, never pickled code: torch reads
+    with ``weights_only=True`` when it is installed, else the torch-free reader of
+    :mod:`fomm_lessons.torchfile` (which also diagnoses what torch refuses). A file that
+    is not a readable ``torch.save`` file, or that holds other objects, raises one
+    ValueError naming it; ``max_bytes`` raises the torch-free reader's size bound.
+    """
+    from fomm_lessons import torchfile
+
+    path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         import torch
     except ImportError:
-        from fomm_lessons.torchfile import read_torch_file
-
-        return read_torch_file(path)
-    return _to_numpy(torch.load(path, map_location="cpu", weights_only=True))
+        torch = None
+    if torch is not None:
+        try:
+            return _to_numpy(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception:  # torch's messages advise loading unsafely: the safe reader says why
+            pass
+    try:
+        return torchfile.read_torch_file(path, torchfile.MAX_BYTES if max_bytes is None else max_bytes)
+    except torchfile.TorchFileError as error:
+        reason = str(error).removeprefix(f"{path}: ")
+        if isinstance(error, torchfile.UnsafeCheckpointError):
+            raise ValueError(f"the checkpoint {path} was {reason}; use a checkpoint that holds only "
+                             "state_dicts (tensors), such as the published ones") from None
+        raise ValueError(f"the checkpoint {path} is not a PyTorch .pth.tar file ({reason}): "
+                         "download or save it again") from None
 
 
 def load_torch_checkpoint(path, model_params):
@@ -277,11 +298,7 @@ def load_checkpoint(path, model_params, config_name="the config"):
             raise FileNotFoundError(f"no checkpoint in the folder {path}: expected "
                                     f"{'/'.join(WEIGHT_FILES.values())}")
     else:
-        try:
-            state = read_torch_checkpoint(path)
-        except Exception as error:  # torch, pickle and zipfile raise many kinds
-            raise ValueError(f"the checkpoint {path} is not a PyTorch .pth.tar file "
-                             f"({type(error).__name__})") from None
+        state = read_torch_checkpoint(path)  # a bad or unsafe file: one ValueError naming it
         if not isinstance(state, dict):
             raise ValueError(f"the checkpoint {path} holds a {type(state).__name__}, expected a dict of state_dicts")
     try:
@@ -302,7 +319,7 @@ def convert_main(args):
     from fomm_lessons.config import load_config
 
     config = load_config(args.config)
-    models = load_torch_checkpoint(args.checkpoint, config["model_params"])
+    models = load_checkpoint(args.checkpoint, config["model_params"], f"the config {args.config}")
     for path in save_models(models, args.out):
         print(path)
     return 0

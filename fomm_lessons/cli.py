@@ -51,14 +51,32 @@ def _cmd_reconstruct(args):
     return evaluate.main(args)
 
 
+def _cmd_models(args):
+    from fomm_lessons import pretrained
+
+    return pretrained.models_main(args)
+
+
+def _resolve_checkpoint(args):
+    """``--checkpoint NAME`` (a model of ``fomm-lessons models list``) -> its weights, and its config by default."""
+    kind = getattr(args, "checkpoint_kind", None)  # "weights" or "torch": set by the commands that load one
+    if kind is not None:
+        from fomm_lessons import pretrained
+
+        args.checkpoint, args.config = pretrained.resolve(args.checkpoint, args.config, kind)
+
+
 CONFIG_HELP = "FOMM YAML config (or a built-in name: vox-256, vox-adv-256, cpu-64)"
+MODEL_CONFIG_HELP = CONFIG_HELP + "; optional with a model name, whose own config is the default"
 
 
 def _add_model_arguments(parser):
     """``--config`` and ``--checkpoint``: the networks a command runs."""
-    parser.add_argument("--config", required=True, help=CONFIG_HELP)
+    parser.add_argument("--config", default=None, help=MODEL_CONFIG_HELP)
     parser.add_argument("--checkpoint", required=True,
-                        help=".pth.tar, a converted weights folder, or a training run folder")
+                        help=".pth.tar, a converted weights folder, a training run folder, "
+                             "or a model name (fomm-lessons models list)")
+    parser.set_defaults(checkpoint_kind="weights")
 
 
 def build_parser():
@@ -94,22 +112,29 @@ def build_parser():
     vox.set_defaults(func=_cmd_data_voxceleb)
 
     convert = commands.add_parser("convert", help="convert a published .pth.tar to Keras weights")
-    convert.add_argument("--config", required=True, help=CONFIG_HELP)
-    convert.add_argument("--checkpoint", required=True, help="the .pth.tar file")
+    convert.add_argument("--config", default=None, help=MODEL_CONFIG_HELP)
+    convert.add_argument("--checkpoint", required=True,
+                         help="the .pth.tar file, or a published model's name (vox-256, vox-adv-256)")
     convert.add_argument("--out", required=True, help="output folder")
-    convert.set_defaults(func=_cmd_convert)
+    convert.set_defaults(func=_cmd_convert, checkpoint_kind="torch")
 
-    train = commands.add_parser("train", help="train the models on a dataset")
+    train = commands.add_parser(
+        "train", help="train the models on a dataset",
+        epilog="One run at a time per --out folder (train.lock). Ctrl-C or SIGTERM saves a checkpoint and exits "
+               "130 or 143, printing the command that resumes.")
     train.add_argument("--config", required=True, help=CONFIG_HELP)
     train.add_argument("--data", required=True, help="dataset root with train/ and test/")
     train.add_argument("--out", required=True, help="run folder: checkpoints, log.csv, TensorBoard")
-    train.add_argument("--steps", type=int, default=None, help="stop after this many steps")
-    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    train.add_argument("--steps", type=int, default=None, help="stop at this step (a positive number, counted "
+                       "from the run's start)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the newest checkpoint in --out that reads whole and finite")
     train.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None,
                        help="compile the steps with XLA (default: on for GPUs/TPUs, off on CPU)")
     train.add_argument("--mixed-precision", choices=("auto", "off", "float16", "bfloat16"), default="auto",
                        help="compute dtype (default auto: float16 on GPUs, bfloat16 on TPUs, off on CPU)")
-    train.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
+    train.add_argument("--checkpoint-every", type=int, default=None,
+                       help="steps between checkpoints (default: one an epoch)")
     train.add_argument("--seed", type=int, default=0, help="random seed")
     train.add_argument("--vgg", default="auto",
                        help="VGG19 weights for the perceptual loss: auto, imagenet, torchvision, random or a file")
@@ -134,6 +159,16 @@ def build_parser():
     reconstruct.add_argument("--data", required=True, help="dataset root with test/")
     reconstruct.add_argument("--out", required=True, help="folder for the reconstructions and metrics")
     reconstruct.set_defaults(func=_cmd_reconstruct)
+
+    models = commands.add_parser("models", help="trained models by name: list, describe, fetch")
+    models_commands = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    models_commands.add_parser("list", help="the known models, and whether their weights are here")
+    models_info = models_commands.add_parser("info", help="one model's card: source, sha256, licence, quality")
+    models_info.add_argument("name", help="a model name (fomm-lessons models list)")
+    models_fetch = models_commands.add_parser("fetch", help="download, check and convert a model once")
+    models_fetch.add_argument("name", help="a model name (fomm-lessons models list)")
+    models_fetch.add_argument("--checkpoint", default=None, help="a copy of the published .pth.tar you already have")
+    models.set_defaults(func=_cmd_models)
     return parser
 
 
@@ -146,6 +181,8 @@ def main(argv=None):
 
     def one_line(error, limit=400):  # ffmpeg and Keras write whole pages
         text = " ".join(str(error).split()) or type(error).__name__
+        if getattr(error, "untruncated", False):  # e.g. a download error naming each URL tried
+            return text
         return text if len(text) <= limit else text[:limit] + " ..."
 
     parser = build_parser()
@@ -154,6 +191,7 @@ def main(argv=None):
 
     import_tensorflow_quietly()  # TensorFlow's start-up notices are not the command's output
     try:
+        _resolve_checkpoint(args)
         return args.func(args) or 0
     except KeyboardInterrupt:
         print(f"fomm-lessons {args.command}: interrupted", file=sys.stderr)

@@ -7,6 +7,12 @@ file or one of the built-in configs shipped in ``fomm_lessons/configs/``
 (``BUILTIN_CONFIGS``), and :func:`validate_config` checks the values the
 networks and the trainer rely on, so that a typo fails here, with the key and
 the value, and not deep inside a network.
+
+What must be there depends on the command (:data:`COMMAND_NEEDS`): running
+the networks (``animate``, ``convert``) needs only the keypoint detector's and
+the generator's parameters; ``reconstruct`` also the dataset's; ``train``
+everything, the discriminator and ``train_params`` included. Sections that are
+present are always checked.
 """
 
 import copy
@@ -17,12 +23,23 @@ import warnings
 
 import yaml
 
-__all__ = ["BUILTIN_CONFIGS", "ConfigError", "available_configs", "builtin_config_path",
+__all__ = ["BUILTIN_CONFIGS", "COMMAND_NEEDS", "ConfigError", "available_configs", "builtin_config_path",
            "load_config", "validate_config"]
 
 BUILTIN_CONFIGS = ("vox-256", "vox-adv-256", "cpu-64", "sample-64")
 SECTIONS = ("dataset_params", "model_params", "train_params", "reconstruction_params",
             "animate_params", "visualizer_params")
+
+# What each command needs beyond model_params' common, kp_detector and generator params.
+COMMAND_NEEDS = {
+    None: (),
+    "animate": (),
+    "convert": (),
+    "reconstruct": ("dataset_params",),
+    "train": ("train_params", "dataset_params", "model_params.discriminator_params"),
+}
+_FLOAT32_MAX = 3.4028234663852886e38  # the optimizers keep learning rates in float32
+_FLOAT32_TINY = 1.401298464324817e-45  # the smallest positive float32 (a subnormal)
 
 # Keys each part of the original accepts (its constructor's arguments); others are typos.
 _KNOWN_KEYS = {
@@ -59,8 +76,12 @@ def builtin_config_path(name):
     return importlib.resources.files("fomm_lessons") / "configs" / f"{name}.yaml"
 
 
-def load_config(path_or_name):
-    """Read and check a FOMM YAML config: a file path or a built-in name ('vox-256', ...)."""
+def load_config(path_or_name, command=None):
+    """Read and check a FOMM YAML config: a file path or a built-in name ('vox-256', ...).
+
+    ``command`` ("animate", "convert", "reconstruct", "train" or None) says what
+    must be in it (:data:`COMMAND_NEEDS`).
+    """
     source = os.fspath(path_or_name)
     if os.path.isfile(source):
         with open(source, encoding="utf-8") as file:
@@ -76,11 +97,13 @@ def load_config(path_or_name):
         config = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{source}: not valid YAML: {error}") from error
-    return validate_config(config, source=source)
+    return validate_config(config, source=source, command=command)
 
 
-def validate_config(config, source="config"):
-    """Check a config dict; returns a copy with numbers written as strings ('2e-4') made floats."""
+def validate_config(config, source="config", command=None):
+    """Check a config dict for ``command``; returns a copy with numbers written as strings ('2e-4') made floats."""
+    if command not in COMMAND_NEEDS:
+        raise ValueError(f"expected command in {list(COMMAND_NEEDS)}, got {command!r}")
     if not isinstance(config, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(config).__name__}")
     config = copy.deepcopy(config)
@@ -92,6 +115,12 @@ def validate_config(config, source="config"):
     if "model_params" not in config:
         raise ConfigError(f"{source}: missing 'model_params' (found sections {sorted(config)})")
     model = check.section(config, "model_params")
+    for dotted in COMMAND_NEEDS[command]:
+        parent, _, key = dotted.rpartition(".")
+        found = model if parent else config
+        if found.get(key) is None:
+            raise ConfigError(f"{source}: {command} needs {dotted}, which is missing (found "
+                              f"{'model_params ' if parent else 'sections '}{sorted(found)})")
     common = check.section(model, "common_params", "model_params.")
     num_channels = check.integer(common, "num_channels", "model_params.common_params.")
     check.integer(common, "num_kp", "model_params.common_params.")
@@ -196,8 +225,9 @@ def _check_dataset(check, dataset, num_channels):
     if not isinstance(dataset, dict):
         check.fail("", "dataset_params", "a mapping", dataset)
     check.known_keys(dataset, "dataset_params", "dataset_params")
-    if not isinstance(dataset.get("root_dir"), str):
-        check.fail(where, "root_dir", "a folder path", dataset.get("root_dir"))
+    # The commands take the data folder from --data; root_dir is the original's default.
+    if "root_dir" in dataset and not isinstance(dataset["root_dir"], str):
+        check.fail(where, "root_dir", "a folder path", dataset["root_dir"])
     shape = dataset.get("frame_shape", [256, 256, 3])
     if (not isinstance(shape, (list, tuple)) or len(shape) != 3
             or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in shape)
@@ -263,6 +293,8 @@ def _check_model(check, model, frame_shape):
     check.number(dense, "kp_variance", where, low_open=True, required=False)
     _check_hourglass(check, dense, where, frame_shape)
 
+    if model.get("discriminator_params") is None:  # only training needs one (COMMAND_NEEDS)
+        return
     where = "model_params.discriminator_params."
     discriminator = check.section(model, "discriminator_params", "model_params.")
     check.known_keys(discriminator, "discriminator_params", where[:-1])
@@ -297,7 +329,10 @@ def _check_train(check, train, model, frame_shape):
             or list(milestones) != sorted(milestones)):
         check.fail(where, "epoch_milestones", "an increasing list of epochs", milestones)
     for key in ("lr_generator", "lr_discriminator", "lr_kp_detector"):
-        check.number(train, key, where, low_open=True)
+        rate = check.number(train, key, where, low_open=True)
+        if not _FLOAT32_TINY <= rate <= _FLOAT32_MAX:  # 1e39 is inf in float32, 1e-46 is 0
+            check.fail(where, key, "a learning rate that is finite and positive in float32 "
+                       f"(between {_FLOAT32_TINY:.3g} and {_FLOAT32_MAX:.3g})", rate)
     scales = check.numbers(train, "scales", where, low_open=True, high=1.0)
     if not scales:
         check.fail(where, "scales", "a non-empty list of pyramid scales in (0, 1]", scales)
@@ -317,7 +352,7 @@ def _check_train(check, train, model, frame_shape):
                 f"down to {smallest:g} px, below the {2 ** _VGG_POOLS} px VGG19 needs for relu5_1"
             )
     matching = check.numbers(weights, "feature_matching", where, required=False) or []
-    blocks = model["discriminator_params"]["num_blocks"]
+    blocks = (model.get("discriminator_params") or {}).get("num_blocks", 0)
     if weights.get("generator_gan") and any(matching) and len(matching) < blocks:
         check.fail(where, "feature_matching", f"one weight per discriminator block ({blocks})",
                    matching)

@@ -34,25 +34,29 @@ def reconstruct(video, models, batch_size=BATCH_SIZE, outputs=("prediction",)):
     return animate(video[0], video, models, relative=False, batch_size=batch_size, outputs=outputs)
 
 
-def list_test_videos(root, frame_shape):
-    """Paths of the test split of ``root`` (the loader's rules: folders of frames or video files)."""
+def list_test_videos(root, frame_shape, split="test"):
+    """Paths of one split of ``root`` (the loader's rules: folders of frames or video files)."""
     from fomm_lessons.data.loader import FramesDataset
 
-    return FramesDataset(root, "test", frame_shape=frame_shape).videos
+    return FramesDataset(root, split, frame_shape=frame_shape).videos
 
 
 def reconstruction_l1(root, models, frame_shape=(256, 256, 3), batch_size=BATCH_SIZE, out=None,
-                      max_videos=None, landmarks=None):
-    """``{"videos": {name: mean L1}, "l1": mean over videos}`` on the test split; reconstructions to ``out``.
+                      max_videos=None, landmarks=None, split="test"):
+    """``{"videos": {name: mean L1}, "l1": mean over videos}`` on a split; reconstructions to ``out``.
 
     With a ``landmarks`` function (image -> (N, 2)), also ``"akd_videos"`` and ``"akd"``.
+    With ``models=None`` the prediction is the source frame itself: the no-motion baseline.
     """
     from fomm_lessons.data.frames import load_frames, write_video
 
     per_video, akd = {}, {}
-    for path in list_test_videos(root, frame_shape)[:max_videos]:
+    for path in list_test_videos(root, frame_shape, split)[:max_videos]:
         video, _ = load_frames(path, None, frame_shape)  # (T, H, W, 3)
-        predicted = reconstruct(video, models, batch_size)
+        if models is None:
+            predicted = np.repeat(video[:1], len(video), axis=0)
+        else:
+            predicted = reconstruct(video, models, batch_size)
         name = os.path.basename(path)
         per_video[name] = float(l1_per_frame(predicted, video).mean())
         if landmarks is not None:
@@ -130,8 +134,12 @@ def end_point_error(deformation, ground_truth):
     return float(error[visible].mean()), float(visible.mean())
 
 
-def motion_epe(root, models, frame_step=1, batch_size=BATCH_SIZE, max_videos=None):
-    """EPE of the predicted motion (source = frame 0) on the test videos of an offline sample dataset.
+def motion_epe(root, models, frame_step=1, batch_size=BATCH_SIZE, max_videos=None, split="test",
+               flows=None):
+    """EPE of the predicted motion (source = frame 0) on one split of an offline sample dataset.
+
+    ``flows``, a dict, keeps the true flows between calls on the same dataset
+    (they take a Newton solve each).
 
     Returns ``{"videos": {name: EPE}, "epe": mean, "identity_epe": mean EPE of
     no motion at all, "visible": mean visible fraction}``.
@@ -141,7 +149,7 @@ def motion_epe(root, models, frame_step=1, batch_size=BATCH_SIZE, max_videos=Non
     from fomm_lessons.sampling import make_coordinate_grid
 
     meta = load_meta(root)
-    names = sorted(v for v in meta["videos"] if v.startswith("test/"))[:max_videos]
+    names = sorted(v for v in meta["videos"] if v.startswith(f"{split}/"))[:max_videos]
     per_video, identity, visible = {}, [], []
     for name in names:
         video = read_video(os.path.join(root, name))  # (T, H, W, 3)
@@ -150,7 +158,11 @@ def motion_epe(root, models, frame_step=1, batch_size=BATCH_SIZE, max_videos=Non
         grid = np.asarray(make_coordinate_grid(*video.shape[1:3]))
         errors = []
         for t, index in enumerate(indices):
-            truth = ground_truth_flow(root, name, 0, index)  # (H, W, 2)
+            if flows is None or (name, index) not in flows:
+                truth = ground_truth_flow(root, name, 0, index)  # (H, W, 2)
+                if flows is not None:
+                    flows[name, index] = truth
+            truth = flows[name, index] if flows is not None else truth
             epe, seen = end_point_error(deformation[t], truth)
             errors.append(epe)
             identity.append(end_point_error(grid, truth)[0])
@@ -158,6 +170,68 @@ def motion_epe(root, models, frame_step=1, batch_size=BATCH_SIZE, max_videos=Non
         per_video[os.path.basename(name)] = float(np.nanmean(errors))
     return {"videos": per_video, "epe": float(np.mean(list(per_video.values()))),
             "identity_epe": float(np.nanmean(identity)), "visible": float(np.mean(visible))}
+
+
+def keypoint_equivariance(root, models, split="test", transform_params=None, seed=0,
+                          batch_size=BATCH_SIZE, max_videos=None, frame_shape=(64, 64, 3)):
+    """How far keypoints move off a known warp, in pixels (the equivariance of Sec. 3.3, measured).
+
+    Each frame X is warped by a random thin-plate-spline transform T (the
+    training settings by default), X' = X o T, and the keypoints of X are
+    compared with T applied to the keypoints of X': a detector that follows the
+    image gives ``|kp(X) - T(kp(X'))| = 0``. Returns ``{"videos": {name: px}, "px": mean}``.
+    """
+    import tensorflow as tf
+
+    from fomm_lessons.animate import detect_keypoints
+    from fomm_lessons.data.frames import load_frames
+    from fomm_lessons.sampling import ThinPlateSplineTransform
+
+    params = {"sigma_affine": 0.05, "sigma_tps": 0.005, "points_tps": 5, **(transform_params or {})}
+    per_video = {}
+    for number, path in enumerate(list_test_videos(root, frame_shape, split)[:max_videos]):
+        video, _ = load_frames(path, None, frame_shape)  # (T, H, W, 3)
+        transform = ThinPlateSplineTransform(len(video), params["sigma_affine"], params["sigma_tps"],
+                                             params["points_tps"], seed=[int(seed), number])
+        warped = transform.transform_frame(tf.constant(video)).numpy()
+        kp = detect_keypoints(models.kp_detector, video, batch_size)["value"]  # (T, K, 2)
+        kp_warped = detect_keypoints(models.kp_detector, warped, batch_size)["value"]
+        back = transform.warp_coordinates(tf.constant(kp_warped)).numpy()  # (T, K, 2)
+        pixels = np.array([(video.shape[2] - 1) / 2.0, (video.shape[1] - 1) / 2.0])
+        per_video[os.path.basename(path)] = float(np.linalg.norm((kp - back) * pixels, axis=-1).mean())
+    return {"videos": per_video, "px": float(np.mean(list(per_video.values())))}
+
+
+def quality(root, models, untrained=None, splits=("train", "test"), max_videos=None, frame_step=1,
+            frame_shape=(64, 64, 3)):
+    """The quality report of a model on an offline sample dataset, one entry per split.
+
+    For each split: reconstruction L1 of the model, of the no-motion baseline
+    (the source frame itself) and of ``untrained`` networks when given; the
+    end-point error of the dense motion against the true flow next to zero
+    flow; and the keypoints' equivariance error in pixels. Ratios below 1 beat
+    the baseline.
+    """
+    report = {}
+    for split in splits:
+        kwargs = dict(frame_shape=frame_shape, max_videos=max_videos, split=split)
+        l1 = reconstruction_l1(root, models, **kwargs)["l1"]
+        baseline = reconstruction_l1(root, None, **kwargs)["l1"]
+        flows = {}
+        motion = motion_epe(root, models, frame_step=frame_step, max_videos=max_videos, split=split,
+                            flows=flows)
+        entry = {"l1": l1, "l1_no_motion": baseline, "l1_ratio": l1 / baseline,
+                 "epe_px": motion["epe"], "epe_zero_flow_px": motion["identity_epe"],
+                 "epe_ratio": motion["epe"] / motion["identity_epe"],
+                 "keypoint_equivariance_px": keypoint_equivariance(root, models, **kwargs)["px"]}
+        if untrained is not None:
+            entry["l1_untrained"] = reconstruction_l1(root, untrained, **kwargs)["l1"]
+            entry["epe_untrained_px"] = motion_epe(root, untrained, frame_step=frame_step,
+                                                   max_videos=max_videos, split=split, flows=flows)["epe"]
+            entry["keypoint_equivariance_untrained_px"] = keypoint_equivariance(
+                root, untrained, **kwargs)["px"]
+        report[split] = {key: round(value, 5) for key, value in entry.items()}
+    return report
 
 
 def main(args):

@@ -23,6 +23,9 @@ Where the weights come from matters:
   and the loss weights that balance them, differ from the original's. How much
   was not measured here (this machine cannot download either set of weights).
 * **random** weights, with a loud warning: only for tests and offline runs.
+  They are drawn from ``seed`` alone (Keras' Conv2D defaults: Glorot-uniform
+  kernels, zero biases), so that every process, a resumed run included, draws
+  the same ones.
 """
 
 import logging
@@ -103,11 +106,13 @@ class Vgg19Features(keras.Model):
     silently: for ``from_config`` before ``load_weights``), a state dict, or a path
     to a ``.pth``/``.pth.tar``/``.pt`` file, an ``.npz`` of torchvision keys or a
     Keras VGG19 ``.h5``/``.weights.h5`` file. ``preprocessing`` ("torch" or "caffe")
-    defaults to what the weights were trained with.
+    defaults to what the weights were trained with. Random weights are a function
+    of ``seed`` only.
     """
 
-    def __init__(self, weights="auto", preprocessing=None, **kwargs):
+    def __init__(self, weights="auto", preprocessing=None, seed=0, **kwargs):
         super().__init__(**kwargs)
+        self.seed = int(seed)
         self.convolutions = [
             keras.layers.Conv2D(channels_out, 3, padding="same", activation="relu", name=name)
             for name, _, _, channels_out in CONVOLUTIONS
@@ -151,6 +156,14 @@ class Vgg19Features(keras.Model):
         for layer in self.convolutions:
             layer.set_weights(weights[layer.name])
 
+    def set_random_weights(self, seed):
+        """Glorot-uniform kernels and zero biases (Keras' Conv2D defaults), drawn from ``seed`` alone."""
+        rng = np.random.default_rng(seed)
+        for layer, (_, _, channels_in, channels_out) in zip(self.convolutions, CONVOLUTIONS):
+            limit = np.sqrt(6.0 / (9 * channels_in + 9 * channels_out))  # fan in + fan out of a 3x3 conv
+            kernel = rng.uniform(-limit, limit, (3, 3, channels_in, channels_out)).astype(np.float32)
+            layer.set_weights([kernel, np.zeros(channels_out, np.float32)])
+
     def _load(self, weights):
         """Load the weights asked for; returns (a description of the source, its preprocessing)."""
         if weights is None:
@@ -164,6 +177,7 @@ class Vgg19Features(keras.Model):
         weights = os.fspath(weights)
         if weights == "random":
             _warn_random("weights='random' was asked for")
+            self.set_random_weights(self.seed)
             return "random", "torch"
         if weights == "imagenet":
             return self._load_keras_vgg19("imagenet")
@@ -187,6 +201,7 @@ class Vgg19Features(keras.Model):
         except Exception as error:  # no network, no cache, a bad download: all mean "no weights"
             _warn_random(f"no VGG19 weights could be found or downloaded ({type(error).__name__}: "
                          f"{error})")
+            self.set_random_weights(self.seed)
             return "random", "torch"
 
     def _load_file(self, path):

@@ -16,10 +16,18 @@ resolves a name only when it is in :data:`ALLOWED_GLOBALS`, and then to a small
 function of this module (never to torch or to the named object itself).
 Everything else raises :class:`UnsafeCheckpointError` naming the class before
 anything is called.
+
+A few bytes of pickle can describe a huge tensor (a stride-0 view of one
+element, a storage that claims more elements than the file holds, a
+compressed zip entry), so sizes are checked before anything is allocated: a
+tensor may not have more elements than its storage, and the storages read and
+the arrays made may each take at most ``max_bytes`` (:data:`MAX_BYTES` unless
+the caller raises it).
 """
 
 import collections
 import io
+import math
 import os
 import pickle
 import struct
@@ -27,7 +35,9 @@ import zipfile
 
 import numpy as np
 
-__all__ = ["read_torch_file", "TorchFileError", "UnsafeCheckpointError", "ALLOWED_GLOBALS"]
+__all__ = ["read_torch_file", "TorchFileError", "UnsafeCheckpointError", "ALLOWED_GLOBALS", "MAX_BYTES"]
+
+MAX_BYTES = 4 * 2**30  # default bound on the storages read, and on the arrays made, per file
 
 _LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL_VERSION = 1001
@@ -58,6 +68,23 @@ class UnsafeCheckpointError(TorchFileError):
     """The pickle names a global that this reader refuses to load."""
 
 
+class _Budget:
+    """Bytes a reader may still allocate for one kind of thing (storages, or arrays)."""
+
+    def __init__(self, path, max_bytes, kind):
+        self.path, self.max_bytes, self.kind, self.used = path, max_bytes, kind, 0
+
+    def take(self, nbytes, what):
+        """Count ``nbytes`` for ``what``; refuse (before allocating) when over the bound."""
+        if self.used + nbytes > self.max_bytes:
+            total = "" if self.used == 0 else f" (after {self.used} bytes of {self.kind} already)"
+            raise TorchFileError(
+                f"{self.path}: {what} needs {nbytes} bytes{total}, over the limit of "
+                f"{self.max_bytes} bytes of {self.kind} per file (raise it with max_bytes=)"
+            )
+        self.used += nbytes
+
+
 class _StorageType:
     """Stands for a ``torch.*Storage`` class inside a persistent id; never callable."""
 
@@ -82,19 +109,31 @@ class _LazyTensor:
     def __init__(self, storage, offset, size, stride):
         self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
 
-    def to_numpy(self):
-        """Copy the strided view out of the storage, checking it stays inside."""
+    def to_numpy(self, budget):
+        """Copy the strided view out of the storage, checking it stays inside and fits ``budget``."""
         flat = self.storage.array
         dtype = self.storage.storage_type.name
-        if any(n == 0 for n in self.size):
+        where = f"tensor of size {self.size}, stride {self.stride} and offset {self.offset}"
+        if len(self.stride) != len(self.size) or not all(
+                isinstance(n, int) and n >= 0 for n in (*self.size, *self.stride, self.offset)):
+            raise TorchFileError(f"{where}: expected non-negative integers, a stride per dimension")
+        numel = math.prod(self.size)
+        last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
+        if numel and last >= flat.size:
+            raise TorchFileError(
+                f"{where} reaches past its {dtype} storage {self.storage.key!r} of "
+                f"{flat.size} elements"
+            )
+        if numel > flat.size:  # a stride-0 (expanded) or overlapping view: more elements than stored
+            raise TorchFileError(
+                f"{where} has {numel} elements but its {dtype} storage {self.storage.key!r} "
+                f"only {flat.size}: refusing to expand it"
+            )
+        itemsize = 4 if dtype == "BFloat16Storage" else flat.itemsize  # bfloat16 becomes float32
+        budget.take(numel * itemsize, f"a {dtype} {where}")
+        if numel == 0:
             out = np.empty(self.size, dtype=flat.dtype)
         else:
-            last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
-            if self.offset < 0 or min(self.stride, default=0) < 0 or last >= flat.size:
-                raise TorchFileError(
-                    f"tensor of size {self.size}, stride {self.stride} and offset {self.offset} "
-                    f"reaches past its {dtype} storage {self.storage.key!r} of {flat.size} elements"
-                )
             view = np.lib.stride_tricks.as_strided(
                 flat[self.offset:],
                 shape=self.size,
@@ -202,17 +241,17 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name)
         raise UnsafeCheckpointError(
-            f"{self._path}: refusing to load the global '{module}.{name}': only tensors, "
-            "parameters, (ordered) dicts, lists and plain Python values are read without torch "
-            "(if you trust the file, load it with torch.load instead)"
+            f"{self._path}: refused for safety: it holds objects other than tensors (the global "
+            f"'{module}.{name}'); only tensors, parameters, (ordered) dicts, lists and plain "
+            "Python values are read"
         )
 
     def persistent_load(self, saved_id):
         if not isinstance(saved_id, tuple) or not saved_id or saved_id[0] != "storage":
             kind = saved_id[0] if isinstance(saved_id, tuple) and saved_id else saved_id
             raise UnsafeCheckpointError(
-                f"{self._path}: refusing the persistent object {kind!r} (a pickled nn.Module?): "
-                "save the state_dict() instead"
+                f"{self._path}: refused for safety: it holds objects other than tensors (the "
+                f"persistent object {kind!r}, a pickled nn.Module?): save the state_dict() instead"
             )
         storage_type = saved_id[1]
         if not isinstance(storage_type, _StorageType):
@@ -220,21 +259,23 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self._load_storage(storage_type, *saved_id[2:])
 
 
-def read_torch_file(path):
+def read_torch_file(path, max_bytes=MAX_BYTES):
     """Read a ``torch.save`` file into nested dicts/lists of NumPy arrays and plain values.
 
     Tensors and parameters become NumPy arrays (C-contiguous copies, native byte
     order; bfloat16 is widened to float32 exactly). Dicts keep their type
     (``OrderedDict`` stays ordered). Raises :class:`UnsafeCheckpointError` for
     any global outside :data:`ALLOWED_GLOBALS` and :class:`TorchFileError` for a
-    truncated or corrupt file, both naming ``path``.
+    truncated or corrupt file, both naming ``path``; a file whose storages, or
+    whose arrays, would take more than ``max_bytes`` is refused before they are
+    allocated, and so is a tensor with more elements than its storage.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such checkpoint file: {path}")
     try:
         if zipfile.is_zipfile(path):
-            return _read_zip(path)
+            return _read_zip(path, max_bytes)
         with open(path, "rb") as file:
             head = file.read(4)
         if head[:4] == b"PK\x03\x04":
@@ -246,13 +287,13 @@ def read_torch_file(path):
                 f"{path}: this is the tar layout of torch < 0.4, which is not supported without "
                 "torch: load it with torch and re-save it with torch >= 1.6"
             )
-        return _read_legacy(path)
+        return _read_legacy(path, max_bytes)
     except TorchFileError as error:
         if path in str(error):
             raise
         raise type(error)(f"{path}: {error}") from error
     except (EOFError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError, struct.error,
-            ValueError, TypeError, IndexError, AttributeError) as error:
+            ValueError, TypeError, IndexError, AttributeError, RecursionError) as error:
         raise TorchFileError(
             f"{path}: not a readable torch.save file (truncated or corrupt?): "
             f"{type(error).__name__}: {error}"
@@ -268,8 +309,9 @@ def _is_tar(path):
         return False
 
 
-def _read_zip(path):
+def _read_zip(path, max_bytes):
     """The zip layout: one pickle, one zip entry per storage."""
+    read_budget = _Budget(path, max_bytes, "storages")
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         pickles = [name for name in names if name.endswith("data.pkl") and name.count("/") == 1]
@@ -286,7 +328,9 @@ def _read_zip(path):
         def load_storage(storage_type, key, location, numel, *unused):
             if key not in storages:
                 storage = _Storage(storage_type, key, numel)
-                raw = archive.read(f"{root}data/{key}")
+                entry = archive.getinfo(f"{root}data/{key}")
+                read_budget.take(entry.file_size, f"storage {key!r}")  # before inflating it
+                raw = archive.read(entry)
                 dtype = storage_type.dtype.newbyteorder("<" if byteorder == "little" else ">")
                 if len(raw) % dtype.itemsize:
                     raise TorchFileError(
@@ -297,13 +341,15 @@ def _read_zip(path):
                 storages[key] = storage
             return storages[key]
 
+        _Budget(path, max_bytes, "pickle").take(archive.getinfo(pickles[0]).file_size, "the pickle")
         with archive.open(pickles[0]) as file:
             result = _RestrictedUnpickler(io.BytesIO(file.read()), load_storage, path).load()
-    return _resolve(result)
+    return _resolve(result, _Budget(path, max_bytes, "arrays"))
 
 
-def _read_legacy(path):
+def _read_legacy(path, max_bytes):
     """The legacy layout: magic, version, system info, the object, the keys, the storages."""
+    read_budget = _Budget(path, max_bytes, "storages")
     with open(path, "rb") as file:
         small = _RestrictedUnpickler(file, None, path)
         magic = small.load()
@@ -338,6 +384,13 @@ def _read_legacy(path):
                 raise TorchFileError(f"{path}: storage {key!r} is stored but never used")
             dtype = storage.storage_type.dtype.newbyteorder(byteorder)
             (numel,) = struct.unpack(byteorder + "q", _read_exactly(file, 8, path))
+            left = os.fstat(file.fileno()).st_size - file.tell()
+            if not 0 <= numel * dtype.itemsize <= left:  # checked before reading (and allocating)
+                raise TorchFileError(
+                    f"{path}: storage {key!r} claims {numel} elements of {dtype.itemsize} bytes, "
+                    f"but only {left} bytes are left in the file: truncated or corrupt"
+                )
+            read_budget.take(numel * dtype.itemsize, f"storage {key!r}")
             raw = _read_exactly(file, numel * dtype.itemsize, path)
             storage.array = np.frombuffer(raw, dtype=dtype)
         for view, root, offset in views:
@@ -345,7 +398,7 @@ def _read_legacy(path):
     missing = [key for key, storage in storages.items() if storage.array is None]
     if missing:
         raise TorchFileError(f"{path}: storages {missing} are used but not stored")
-    return _resolve(result)
+    return _resolve(result, _Budget(path, max_bytes, "arrays"))
 
 
 def _read_exactly(file, count, path):
@@ -355,28 +408,29 @@ def _read_exactly(file, count, path):
     return data
 
 
-def _resolve(value, memo=None):
+def _resolve(value, budget, memo=None):
     """Replace every :class:`_LazyTensor` inside dicts, lists and tuples by its array."""
     memo = {} if memo is None else memo
     if id(value) in memo:
         return memo[id(value)]
     if isinstance(value, _LazyTensor):
-        result = value.to_numpy()
+        result = value.to_numpy(budget)
     elif isinstance(value, _Storage):
+        budget.take(value.array.nbytes, f"storage {value.key!r}")
         result = value.array.astype(value.array.dtype.newbyteorder("="))
     elif isinstance(value, dict):
         result = type(value)()
         memo[id(value)] = result
         for key, item in value.items():
-            result[key] = _resolve(item, memo)
+            result[key] = _resolve(item, budget, memo)
         for attribute, item in getattr(value, "__dict__", {}).items():
-            setattr(result, attribute, _resolve(item, memo))  # e.g. a state_dict's _metadata
+            setattr(result, attribute, _resolve(item, budget, memo))  # e.g. a state_dict's _metadata
     elif isinstance(value, list):
         result = []
         memo[id(value)] = result
-        result.extend(_resolve(item, memo) for item in value)
+        result.extend(_resolve(item, budget, memo) for item in value)
     elif isinstance(value, tuple):
-        result = tuple(_resolve(item, memo) for item in value)
+        result = tuple(_resolve(item, budget, memo) for item in value)
     else:
         result = value
     memo[id(value)] = result

@@ -8,25 +8,36 @@ learning rate divided by 10 at each of ``epoch_milestones``.
 Every random draw of a step (the pairs and augmentations from the loader, the
 thin-plate-spline transform of the equivariance losses) is a pure function of
 ``(seed, epoch, index in the epoch)``. A checkpoint therefore only needs the
-weights, the optimizers and those counters to continue exactly.
+weights, the optimizers and those counters to continue exactly. The initial
+weights, and random VGG19 weights when no file is found, follow from the seed
+too, so the same seed on the same data and machine gives the same run.
+
+A checkpoint is written only when every weight and optimizer variable is
+finite, and a disk that fills up during a save leaves the previous checkpoint
+and export as they were (:mod:`fomm_lessons.run_folder`).
 """
 
-import csv
 import math
+import shlex
 import signal
+import sys
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from fomm_lessons.checkpoint import build_models, save_models
+from fomm_lessons.checkpoint import build_models
+from fomm_lessons.config import validate_config
 from fomm_lessons.losses import discriminator_losses, generator_losses
-from fomm_lessons.sampling import ImagePyramid, ThinPlateSplineTransform, keypoints_to_gaussian
+from fomm_lessons.run_folder import (DiskFull, last_good_checkpoint, last_good_text,
+                                     lock_run_folder, log_epoch, log_line, non_finite, restore_newest_good,
+                                     save_checkpoint)
+from fomm_lessons.sampling import ImagePyramid, ThinPlateSplineTransform
 
 
 class TrainingDiverged(RuntimeError):
-    """A loss became NaN or Inf; the last good checkpoint is kept."""
+    """A loss or a weight became NaN or Inf; the last good checkpoint is kept."""
 
 
 def device_defaults():
@@ -53,6 +64,7 @@ class Trainer:
 
     def __init__(self, config, out_dir, strategy=None, xla=None, mixed_precision="auto", seed=0,
                  checkpoint_every=None, vgg_weights="auto", max_to_keep=3):
+        config = validate_config(config, command="train")
         self.config = config
         self.train_params = config["train_params"]
         self.out_dir = Path(out_dir)
@@ -64,7 +76,10 @@ class Trainer:
         self.precision = default_precision if mixed_precision in (None, "auto") else mixed_precision
         if self.precision not in ("off", "float16", "bfloat16"):
             raise ValueError(f"expected mixed_precision in auto, off, float16, bfloat16, got {mixed_precision!r}")
+        if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or int(checkpoint_every) < 1):
+            raise ValueError(f"expected checkpoint_every to be a positive number of steps, got {checkpoint_every!r}")
         self.checkpoint_every = checkpoint_every
+        self.interrupted = None  # the signal that stopped the last fit, if any
         weights = self.train_params["loss_weights"]
         self.use_gan = _loss_weight_on(weights, "generator_gan")
 
@@ -81,7 +96,7 @@ class Trainer:
                 if _loss_weight_on(weights, "perceptual"):
                     from fomm_lessons.perceptual import Vgg19Features
 
-                    self.vgg = Vgg19Features(weights=vgg_weights)
+                    self.vgg = Vgg19Features(weights=vgg_weights, seed=self.seed)
                 self.optimizers = {name: self._adam(self.train_params[f"lr_{name}"])
                                    for name in ("kp_detector", "generator", "discriminator")
                                    if self._network(name) is not None}
@@ -215,18 +230,41 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------
 
+    @property
+    def vgg_description(self):
+        """Which VGG19 weights the perceptual loss uses, for the log."""
+        if self.vgg is None:
+            return "none (no perceptual loss)"
+        source = self.vgg.weights_source
+        return f"{source} (seed {self.seed})" if source.startswith("random") else source
+
     def restore(self):
-        """Continue from the newest checkpoint in the run folder; returns whether there was one."""
-        latest = self.manager.latest_checkpoint
-        if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
-        return bool(latest)
+        """Continue from the newest checkpoint that reads whole and finite; returns its path, or None.
+
+        The newer ones that could not be used are listed in ``self.skipped`` as (path, why).
+        """
+        path, self.skipped = restore_newest_good(self.checkpoint, self.manager)
+        return path
+
+    def last_good_checkpoint(self):
+        """The newest checkpoint of the run folder whose every tensor reads finite, or None."""
+        return last_good_checkpoint(self.manager)
 
     def save(self):
-        """Write a checkpoint named after the step, and the models in Keras' format under ``models/``."""
-        path = self.manager.save(checkpoint_number=int(self.step.numpy()))
-        save_models(self.models, self.out_dir / "models")
-        return path
+        """Write a checkpoint named after the step, and the models in Keras' format under ``models/``.
+
+        Raises :class:`TrainingDiverged` (and writes nothing) when a weight is not finite, and
+        :class:`fomm_lessons.run_folder.DiskFull` when the disk fills up; either way the previous
+        checkpoint and export stay as they were.
+        """
+        step = int(self.step.numpy())
+        variables = ([w for net in self._all_networks() for w in net.weights]
+                     + [v for opt in self.optimizers.values() for v in opt.variables])
+        bad = non_finite(variables)
+        if bad:
+            raise TrainingDiverged(f"{len(bad)} weights are NaN or Inf at step {step} (first: {bad[0]}), "
+                                   f"so no checkpoint was written; {last_good_text(self.manager)}")
+        return save_checkpoint(self.manager, step, self.models, self.out_dir / "models")
 
     def _set_learning_rates(self, epoch):
         milestones = self.train_params.get("epoch_milestones", [])
@@ -238,14 +276,23 @@ class Trainer:
         or ``steps`` total steps; checkpoint every ``checkpoint_every`` steps, at each epoch's end and on
         SIGINT/SIGTERM. ``on_step(step, losses)`` is called after every step. Returns the mean losses
         of the last epoch run."""
+        if steps is not None and (isinstance(steps, bool) or int(steps) < 1):
+            raise ValueError(f"expected steps to be a positive number of steps, got {steps!r}")
         per_epoch = self.steps_per_epoch(frames)
         every = self.checkpoint_every or per_epoch
         num_epochs = int(self.train_params["num_epochs"])
         total = num_epochs * per_epoch if steps is None else int(steps)
         stop = {"signal": None}
+        self.interrupted = None
 
         def on_signal(signum, frame):
+            if stop["signal"] == signum:  # asked twice: stop now, without a checkpoint
+                signal.signal(signum, handlers.get(signum, signal.SIG_DFL))
+                signal.raise_signal(signum)
+                return
             stop["signal"] = signum
+            tqdm.write(f"{signal.Signals(signum).name}: saving a checkpoint after this step "
+                       "(send it again to stop without one)", file=sys.stderr)
 
         handlers = {}
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -270,9 +317,8 @@ class Trainer:
                     values = {name: float(value) for name, value in losses.items()}
                     for name, value in values.items():
                         if not math.isfinite(value):
-                            raise TrainingDiverged(
-                                f"loss {name} is {value} at step {step}; the last good checkpoint is "
-                                f"{self.manager.latest_checkpoint}")
+                            raise TrainingDiverged(f"loss {name} is {value} at step {step}; "
+                                                   f"{last_good_text(self.manager)}")
                         sums[name] = sums.get(name, 0.0) + value
                     count += 1
                     bar.update(1)
@@ -293,12 +339,19 @@ class Trainer:
                     break
                 if int(self.step.numpy()) - epoch * per_epoch >= per_epoch:
                     self.epoch.assign_add(1)
-                    self._log_epoch(epoch, epoch_means, batch, images, writer)
+                    # count == 0: the checkpoint was written at the epoch's last step (a signal, a kill)
+                    # before the epoch was counted; there is no batch of it in this process to log.
+                    if count:
+                        local = lambda t: tf.concat(self.strategy.experimental_local_results(t), axis=0)  # noqa
+                        log_epoch(self.out_dir, epoch, int(self.step.numpy()), epoch_means, local(batch["source"]),
+                                  local(batch["driving"]), images, writer)
                     if saved != int(self.step.numpy()):
                         self.save()
                         saved = int(self.step.numpy())
             if saved != int(self.step.numpy()):
                 self.save()
+            unfinished = int(self.step.numpy()) < total and int(self.epoch.numpy()) < num_epochs
+            self.interrupted = stop["signal"] if unfinished else None
         finally:
             bar.close()
             writer.flush()
@@ -306,49 +359,75 @@ class Trainer:
                 signal.signal(signum, handler)
         return epoch_means
 
-    def _log_epoch(self, epoch, means, batch, images, writer):
-        """One row of ``log.csv`` and a TensorBoard image grid of the last batch."""
-        path = self.out_dir / "log.csv"
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            out = csv.writer(f)
-            if new:
-                out.writerow(["epoch", "step", *sorted(means)])
-            out.writerow([epoch, int(self.step.numpy()), *(f"{means[k]:.6f}" for k in sorted(means))])
-        local = lambda t: tf.concat(self.strategy.experimental_local_results(t), axis=0)  # noqa: E731
-        source, driving = local(batch["source"]), local(batch["driving"])
-        size = driving.shape[1:3]
-        heat = tf.reduce_max(keypoints_to_gaussian(images["kp_driving"], size, 0.0005), axis=-1, keepdims=True)
-        with_kp = driving * (1.0 - heat) + heat * tf.constant([1.0, 0.0, 0.0])
-        columns = [source, with_kp, images.get("deformed", driving), images["prediction"]]
-        if "occlusion_map" in images:
-            columns.append(tf.image.resize(tf.repeat(images["occlusion_map"], 3, axis=-1), size))
-        grid = tf.concat([tf.clip_by_value(c, 0.0, 1.0) for c in columns], axis=2)  # (B, H, 5W, 3)
-        with writer.as_default(step=int(self.step.numpy())):
-            tf.summary.image("source | driving + keypoints | deformed | prediction | occlusion", grid,
-                             max_outputs=4)
+
+def _resume_command(args):
+    """The command line that continues this run."""
+    words = ["fomm-lessons", "train", "--config", args.config, "--data", args.data, "--out", args.out]
+    for option, value, default in (("--steps", args.steps, None), ("--seed", args.seed, 0),
+                                   ("--checkpoint-every", args.checkpoint_every, None),
+                                   ("--mixed-precision", args.mixed_precision, "auto"),
+                                   ("--vgg", getattr(args, "vgg", "auto"), "auto")):
+        if value != default:
+            words += [option, str(value)]
+    if args.xla is not None:
+        words.append("--xla" if args.xla else "--no-xla")
+    return shlex.join(words + ["--resume"])
+
+
+def _positive(value, option):
+    if value is not None and value < 1:
+        raise ValueError(f"{option} must be a positive number of steps, got {value}")
 
 
 def main(args):
-    """``fomm-lessons train``."""
+    """``fomm-lessons train``: one run at a time per run folder; exit 130/143 when stopped by SIGINT/SIGTERM."""
     from fomm_lessons.config import load_config
     from fomm_lessons.data.loader import FramesDataset
 
-    config = load_config(args.config)
+    _positive(args.steps, "--steps")
+    _positive(args.checkpoint_every, "--checkpoint-every")
+    config = load_config(args.config, command="train")
     frames = FramesDataset.from_config(args.data, config.get("dataset_params", {}), "train")
     out = Path(args.out)
-    if (out / "checkpoints").exists() and not args.resume and any((out / "checkpoints").iterdir()):
-        raise ValueError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(config, out, xla=args.xla, mixed_precision=args.mixed_precision, seed=args.seed,
-                      checkpoint_every=args.checkpoint_every, vgg_weights=getattr(args, "vgg", "auto"))
-    if args.resume and not trainer.restore():
+    if args.resume and not (out / "checkpoints").is_dir():
         raise ValueError(f"--resume: no checkpoint in {out / 'checkpoints'}")
-    try:
-        trainer.fit(frames, steps=args.steps)
-    except TrainingDiverged as error:
-        raise ValueError(str(error)) from None
-    print(f"trained to step {int(trainer.step.numpy())}; checkpoints in {out / 'checkpoints'}, "
-          f"models in {out / 'models'}")
+    out.mkdir(parents=True, exist_ok=True)
+    with lock_run_folder(out):
+        if (out / "checkpoints").exists() and not args.resume and any((out / "checkpoints").iterdir()):
+            raise ValueError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
+        trainer = Trainer(config, out, xla=args.xla, mixed_precision=args.mixed_precision, seed=args.seed,
+                          checkpoint_every=args.checkpoint_every, vgg_weights=getattr(args, "vgg", "auto"))
+        print(f"VGG19 weights for the perceptual loss: {trainer.vgg_description}")
+        if args.resume:
+            restored = trainer.restore()
+            for path, problem in trainer.skipped:
+                print(f"fomm-lessons train: warning: skipping the checkpoint {path}: {problem}", file=sys.stderr)
+                log_line(out, f"skipped the checkpoint {path}: {problem}")
+            if restored is None:
+                raise ValueError(f"--resume: no checkpoint in {out / 'checkpoints'} can be used"
+                                 + (f" ({len(trainer.skipped)} skipped, see above)" if trainer.skipped else ""))
+            print(f"resuming from {restored} (step {int(trainer.step.numpy())})")
+        step = int(trainer.step.numpy())
+        log_line(out, f"start at step {step}: config {args.config}, data {args.data}, seed {args.seed}, "
+                      f"VGG19 weights {trainer.vgg_description}")
+        if args.steps is not None and args.steps <= step:
+            print(f"nothing to train: the run is at step {step} and --steps is {args.steps}")
+            return 0
+        try:
+            trainer.fit(frames, steps=args.steps)
+        except (TrainingDiverged, DiskFull) as error:
+            log_line(out, f"stopped: {error}")
+            if isinstance(error, DiskFull):
+                raise
+            raise ValueError(str(error)) from None
+        step = int(trainer.step.numpy())
+        if trainer.interrupted is not None:
+            name = signal.Signals(trainer.interrupted).name
+            log_line(out, f"interrupted by {name} at step {step}")
+            print(f"fomm-lessons train: interrupted by {name} at step {step}; the checkpoint "
+                  f"{trainer.manager.latest_checkpoint} is saved; continue with: {_resume_command(args)}",
+                  file=sys.stderr)
+            return 128 + int(trainer.interrupted)
+        log_line(out, f"done at step {step}")
+    print(f"trained to step {step}; checkpoints in {out / 'checkpoints'}, models in {out / 'models'}")
     return 0
-

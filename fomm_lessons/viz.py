@@ -148,6 +148,28 @@ def colored_mask(mask, colormap="gist_rainbow"):
     return np.einsum("hwk,kc->hwc", mask, colors).astype(np.float32)
 
 
+def motion_parts(sparse_deformed, mask, height=None, colormap="gist_rainbow"):
+    """The original's picture of the dense motion as one image (2 height, (K+2) width, 3).
+
+    Top row: the K+1 deformed sources ``sparse_deformed`` (K+1, h, w, 3),
+    background first. Bottom row: under each one its mask channel of ``mask``
+    (h, w, K+1) in its keypoint's colour (background black). The last column
+    is white on top and the coloured masks summed below (:func:`colored_mask`),
+    the soft segmentation into parts. Panels are enlarged to ``height`` (nearest).
+    """
+    sparse_deformed, mask = np.asarray(sparse_deformed, np.float32), np.asarray(mask, np.float32)
+    if (sparse_deformed.ndim != 4 or mask.ndim != 3 or sparse_deformed.shape[0] != mask.shape[-1]
+            or sparse_deformed.shape[1:3] != mask.shape[:2]):
+        raise ValueError(f"expected deformed sources (K+1, h, w, 3) and a mask (h, w, K+1) with the same "
+                         f"K+1, h and w, got {sparse_deformed.shape} and {mask.shape}")
+    colors = np.concatenate([np.zeros((1, 3)), keypoint_colors(mask.shape[-1] - 1, colormap)])  # (K+1, 3)
+    tinted = [mask[..., k, None] * colors[k].astype(np.float32) for k in range(mask.shape[-1])]
+    height = height or sparse_deformed.shape[1]
+    top = image_row([*np.clip(sparse_deformed, 0, 1), np.ones(mask.shape[:2] + (3,), np.float32)], height)
+    bottom = image_row([*tinted, colored_mask(mask, colormap)], height)
+    return np.concatenate([top, bottom], axis=0)
+
+
 def occlusion_grid(occlusion_maps, height=None):
     """Occlusion maps (B, h, w, 1) as grey panels in one row: white where the source is visible."""
     return image_row(list(np.asarray(occlusion_maps)), height)

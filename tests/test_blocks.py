@@ -141,3 +141,29 @@ def test_batch_norm_synchronised_over_two_replicas_equals_one_replica():
     assert result.returncode == 0, result.stderr[-2000:]
     differences = [float(v) for v in result.stdout.split()[-3:]]
     assert max(differences) < 1e-5, differences
+
+
+def test_batch_norm_training_step_against_numpy():
+    """One training call normalises with the biased batch variance and moves the running
+    variance towards the unbiased one (PyTorch's rule), checked with NumPy, no oracle needed."""
+    from fomm_lessons.blocks import batch_norm
+
+    x = np.random.default_rng(1).normal(2.0, 3.0, size=(2, 4, 5, 3)).astype(np.float32)
+    norm = batch_norm()
+    norm.build((None, None, None, 3))
+    got = norm(x, training=True).numpy()
+    mean, variance, n = x.mean((0, 1, 2)), x.var((0, 1, 2)), 2 * 4 * 5
+    np.testing.assert_allclose(got, (x - mean) / np.sqrt(variance + 1e-5), atol=1e-5)
+    np.testing.assert_allclose(norm.moving_mean.numpy(), 0.1 * mean, rtol=1e-5)
+    np.testing.assert_allclose(norm.moving_variance.numpy(), 0.9 + 0.1 * variance * n / (n - 1), rtol=1e-5)
+
+
+def test_batch_norm_refuses_renorm_and_its_config_round_trips():
+    """Batch renormalisation (a Keras 3.14 option) has no PyTorch counterpart: refused by name."""
+    from fomm_lessons.blocks import BatchNorm2d, batch_norm
+
+    with pytest.raises(ValueError, match="renorm=True"):
+        BatchNorm2d(renorm=True)
+    norm = batch_norm()
+    copy = BatchNorm2d.from_config(norm.get_config())
+    assert (copy.momentum, copy.epsilon, copy.synchronized) == (0.9, 1e-5, True)

@@ -164,3 +164,62 @@ def test_whole_model_keras_files_round_trip_exactly(parity_models, tmp_path):
         assert [w.path for w in loaded.weights] == [w.path for w in model.weights]
         for a, b in zip(model.weights, loaded.weights):
             np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+class _RunsAShellCommand:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture(scope="module")
+def bad_checkpoints(tmp_path_factory):
+    """{kind: path} of .pth.tar files that must each end in one line: cut, random, code, a module."""
+    torch = pytest.importorskip("torch", reason=TORCH_REASON)
+    root = tmp_path_factory.mktemp("bad")
+    good = root / "good.pth.tar"
+    torch.save({"generator": {"w": torch.zeros(500)}}, good)
+    paths = {kind: root / f"{kind}.pth.tar" for kind in ("truncated", "random", "malicious", "module")}
+    paths["truncated"].write_bytes(good.read_bytes()[: good.stat().st_size * 6 // 10])
+    paths["random"].write_bytes(np.random.default_rng(0).bytes(3000))
+    torch.save({"generator": {"w": torch.zeros(2)}, "x": _RunsAShellCommand(root / "it-ran")},
+               paths["malicious"])
+    torch.save(torch.nn.Linear(2, 3), paths["module"])
+    return paths
+
+
+def _assert_one_line(err, command, path, kind):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"fomm-lessons {command}: error: "), err
+    assert str(path) in lines[0] and "weights_only" not in lines[0] and "Traceback" not in err
+    if kind in ("malicious", "module"):
+        assert "objects other than tensors" in lines[0] and "refused for safety" in lines[0]
+    else:
+        assert "is not a PyTorch .pth.tar file" in lines[0] and "download or save it again" in lines[0]
+
+
+@pytest.mark.parametrize("with_torch", [True, False], ids=["torch", "no-torch"])
+@pytest.mark.parametrize("kind", ["truncated", "random", "malicious", "module"])
+def test_convert_and_animate_refuse_bad_files_in_one_line(bad_checkpoints, tmp_path, capsys, monkeypatch,
+                                                          kind, with_torch):
+    from PIL import Image
+
+    from fomm_lessons import cli
+    from fomm_lessons.data.frames import write_video
+
+    if not with_torch:
+        monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    path = bad_checkpoints[kind]
+    status = cli.main(["convert", "--config", "cpu-64", "--checkpoint", str(path), "--out", str(tmp_path / "w")])
+    assert status == 2
+    _assert_one_line(capsys.readouterr().err, "convert", path, kind)
+    assert not (tmp_path / "w").exists()
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(tmp_path / "face.png")
+    driving = write_video(tmp_path / "driving.mp4", np.zeros((2, 64, 64, 3), np.uint8))
+    status = cli.main(["animate", "--config", "cpu-64", "--checkpoint", str(path), "--source",
+                       str(tmp_path / "face.png"), "--driving", driving, "--out", str(tmp_path / "out.mp4")])
+    assert status == 2
+    _assert_one_line(capsys.readouterr().err, "animate", path, kind)
+    assert not (path.parent / "it-ran").exists()

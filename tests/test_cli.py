@@ -187,3 +187,43 @@ def test_a_training_run_folder_is_a_checkpoint(files, capsys):
     (files["root"] / "empty").mkdir()
     status, _, err = run_cli(animate_args(files, checkpoint=files["root"] / "empty"), capsys)
     assert_one_line_error(status, err, "animate", "no checkpoint in the folder", "kp_detector.weights.h5")
+
+
+def _inference_config(model_params, path, **sections):
+    """A config as people write one for inference: the networks' parameters, no discriminator, no root_dir."""
+    import yaml
+
+    model = {key: value for key, value in model_params.items() if key != "discriminator_params"}
+    path.write_text(yaml.safe_dump({"model_params": model, **sections}))
+    return path
+
+
+def test_animate_needs_only_the_networks_parameters(files, capsys, tmp_path):
+    from fomm_lessons.config import load_config
+
+    config = _inference_config(load_config("cpu-64")["model_params"], tmp_path / "inference.yaml",
+                               dataset_params={"frame_shape": [64, 64, 3]})
+    out = tmp_path / "inference.gif"
+    status, printed, err = run_cli(animate_args(files, config=config, out=out), capsys)
+    assert status == 0, err
+    assert printed.strip().splitlines()[-1] == str(out)
+
+
+def test_convert_needs_only_the_networks_parameters(capsys, tmp_path, parity_json, parity):
+    torch = pytest.importorskip("torch")
+    from fomm_lessons.checkpoint import load_models
+
+    config = _inference_config(parity_json["model_params"], tmp_path / "inference.yaml")
+    state = {}
+    for key, value in parity.items():
+        if key.startswith("weights/"):
+            _, part, name = key.split("/", 2)
+            state.setdefault(part, {})[name] = torch.from_numpy(value)
+    torch.save(state, tmp_path / "parity.pth.tar")
+    status, printed, err = run_cli(["convert", "--config", config, "--checkpoint", tmp_path / "parity.pth.tar",
+                                    "--out", tmp_path / "converted"], capsys)
+    assert status == 0, err
+    assert sorted(os.listdir(tmp_path / "converted")) == ["generator.weights.h5", "kp_detector.weights.h5"]
+    models = load_models(str(tmp_path / "converted"), parity_json["model_params"])
+    kernel = state["kp_detector"]["kp.weight"].numpy()  # (O, I, kh, kw) in PyTorch
+    np.testing.assert_array_equal(models.kp_detector.kp.kernel.numpy(), kernel.transpose(2, 3, 1, 0))

@@ -146,3 +146,50 @@ def test_missing_file_and_bad_yaml(tmp_path):
     listed.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="expected a mapping of sections, got list"):
         load_config(listed)
+
+
+@pytest.mark.parametrize("rate, message", [
+    (1.0e39, r"lr_generator must be a learning rate that is finite and positive in float32 .*got 1e\+39"),
+    (1.0e-50, r"finite and positive in float32 .*got 1e-50"),  # 0 in float32
+    (float("inf"), r"lr_generator must be a finite number, got inf"),
+    (float("nan"), r"lr_generator must be a finite number, got nan"),
+    (0.0, r"lr_generator must be a number > 0, got 0.0"),
+    (-2.0e-4, r"lr_generator must be a number > 0, got -0.0002"),
+])
+def test_learning_rates_must_be_finite_and_positive(rate, message):
+    config = _vox()
+    config["train_params"]["lr_generator"] = rate
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config, source="test.yaml")
+
+
+def _inference_only():
+    model = {key: value for key, value in _vox()["model_params"].items() if key != "discriminator_params"}
+    return {"model_params": model}
+
+
+@pytest.mark.parametrize("command", ["animate", "convert", None])
+def test_running_the_networks_needs_only_their_parameters(command):
+    config = _inference_only()
+    assert validate_config(config, command=command) == config
+    with_frames = {**config, "dataset_params": {"frame_shape": [256, 256, 3]}}  # no root_dir
+    assert validate_config(with_frames, command=command) == with_frames
+
+
+@pytest.mark.parametrize("command, config, message", [
+    ("train", _inference_only(), r"x.yaml: train needs train_params, which is missing \(found sections "
+                                 r"\['model_params'\]\)"),
+    ("train", {**_vox(), "model_params": _inference_only()["model_params"]},
+     r"train needs model_params.discriminator_params, which is missing \(found model_params \['common_params', "),
+    ("train", {key: value for key, value in _vox().items() if key != "dataset_params"}, r"train needs dataset_params"),
+    ("reconstruct", _inference_only(), r"reconstruct needs dataset_params"),
+])
+def test_training_and_reconstruction_need_the_rest(command, config, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config, source="x.yaml", command=command)
+    validate_config(_vox(), command=command)  # the full config is enough
+
+
+def test_the_command_is_one_of_the_known_ones():
+    with pytest.raises(ValueError, match=r"expected command in \[None, 'animate', .*got 'trian'"):
+        validate_config(_vox(), command="trian")

@@ -52,6 +52,31 @@ def test_grayscale_rgba_and_16_bit_frames_become_rgb(tmp_path):
     np.testing.assert_allclose(clip[2], clip[0], atol=1e-6)
 
 
+def _png_bytes(gray16):
+    """A 16-bit grey PNG written by hand (signature, IHDR, one IDAT, IEND), independent of Pillow."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width = gray16.shape
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in gray16)  # filter type 0 per row
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)  # bit depth 16, colour type 0 (grey)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def test_16_bit_gray_png_is_scaled_by_its_bit_depth_whatever_mode_pillow_reports(tmp_path):
+    """Pillow 10 reports mode "I" (int32) for this file, later Pillows "I;16": both give v / 65535."""
+    gray16 = np.array([[0, 1, 257, 4096], [32768, 65534, 65535, 12345]], np.uint16)
+    path = tmp_path / "0.png"
+    path.write_bytes(_png_bytes(gray16))
+    with Image.open(path) as image:
+        assert image.mode in ("I", "I;16")
+    got = F.read_image(path)
+    np.testing.assert_allclose(got, np.repeat(gray16[..., None] / 65535.0, 3, -1), rtol=1e-6)
+
+
 @pytest.mark.parametrize("name, atol", [("clip.mp4", 0.03), ("clip.mov", 0.03), ("clip.gif", 0.03)])
 def test_real_video_files_round_trip(tmp_path, name, atol):
     clip = smooth_clip()
@@ -119,3 +144,48 @@ def test_probe_finds_corrupt_frames_without_decoding(tmp_path):
         F.probe(bad)
     with pytest.raises(F.VideoError, match="no such file"):
         F.probe(tmp_path / "missing.mp4")
+
+
+def _ffmpeg(*args):
+    import subprocess
+
+    import imageio_ffmpeg
+
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *map(str, args)],
+                   check=True, timeout=60)
+
+
+@pytest.mark.parametrize("name", ["clip.mp4", "talk.mov"])
+def test_truncated_video_file_is_refused_naming_the_file(tmp_path, name):
+    """Index first (faststart), cut at 60%: ffmpeg alone returns the frames before the cut."""
+    import imageio.v2 as imageio
+
+    whole = tmp_path / f"whole-{name}"
+    if name.endswith(".mp4"):  # 8 frames of noise, so that each frame takes about as many bytes
+        noise = np.random.default_rng(0).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+        imageio.mimwrite(whole, list(noise), format="FFMPEG", fps=25, macro_block_size=1,
+                         output_params=["-movflags", "+faststart"])
+        frames = 8
+    else:  # 50 frames with sound: video and audio chunks interleaved
+        _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x64:rate=25", "-f", "lavfi", "-i", "sine=sample_rate=16000",
+                "-t", 2, "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-movflags", "+faststart", whole)
+        frames = 50
+    assert F.count_frames(whole) == frames
+    cut = tmp_path / name
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    decoded = len(imageio.mimread(cut, format="FFMPEG", memtest=False))
+    assert 0 < decoded < frames  # what ffmpeg gives without complaint
+    pattern = rf"{name}: it is truncated: {decoded} frames decoded, its index lists {frames} and only \d+ "
+    for read in (F.read_video, F.count_frames, F.probe):
+        with pytest.raises(F.VideoError, match=pattern):
+            read(cut)
+
+
+def test_an_edit_list_that_shows_fewer_frames_is_not_truncation(tmp_path):
+    """Cut without re-encoding from the key frame before 0.5 s: 50 frames stored, fewer shown, all present."""
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x64:rate=25", "-t", 2, "-c:v", "libx264", "-g", 25,
+            "-pix_fmt", "yuv420p", tmp_path / "long.mp4")
+    _ffmpeg("-ss", 0.5, "-i", tmp_path / "long.mp4", "-c", "copy", tmp_path / "cut.mp4")
+    assert F._mp4_video_index(tmp_path / "cut.mp4") == (50, 50)
+    assert 30 < len(F.read_video(tmp_path / "cut.mp4")) < 50  # 37 with ffmpeg 9: counts alone would refuse it

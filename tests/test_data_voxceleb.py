@@ -69,7 +69,13 @@ def run(out, **options):
     return voxceleb.main(args)
 
 
-def check_dataset(out, members, identities=IDENTITIES, clips=CLIPS, size=SIZE):
+def error_lines(err):
+    """The lines of stderr that are not tqdm's progress bars."""
+    lines = [line.split("\r")[-1] for line in err.strip().splitlines()]
+    return [line for line in lines if line and not line.startswith(("zip:", "voxceleb clips:"))]
+
+
+def check_dataset(out, members, identities=IDENTITIES, clips=CLIPS, size=SIZE, count=None):
     """Layout, frame counts and sizes, SHA-256 of the clips, identities disjoint between splits."""
     import imageio.v3 as imageio
 
@@ -78,7 +84,7 @@ def check_dataset(out, members, identities=IDENTITIES, clips=CLIPS, size=SIZE):
     ids = {split: {name.split("#")[0] for name in names[split]} for split in names}
     assert not ids["train"] & ids["test"]
     assert len(ids["train"] | ids["test"]) == identities and len(ids["test"]) >= 1
-    assert sum(map(len, names.values())) == identities * clips
+    assert sum(map(len, names.values())) == (identities * clips if count is None else count)
     assert set(manifest["splits"]["train"]) == ids["train"] and set(manifest["splits"]["test"]) == ids["test"]
     for record in manifest["clips"]:
         data, frame_count = members[record["member"]]
@@ -191,6 +197,67 @@ def test_videos_folder_with_person_subfolders(vox, tmp_path):
     assert sorted(names) == ["alice#v#talk2.mp4", "alice#v#talk_one.mp4", "bob#v#x.mp4"]
 
 
+def _with_bad_clips(blob, members):
+    """The zip with one chosen train clip that is not a video and one chosen test clip failing its CRC."""
+    source = zipfile.ZipFile(io.BytesIO(blob))
+    clips = voxceleb._clips_from_names(source.namelist(), lambda name: name)
+    chosen = voxceleb.choose_clips(clips, IDENTITIES, CLIPS, SEED)
+    not_video, bad_crc = chosen["train"][0].member, chosen["test"][1].member
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for info in source.infolist():
+            data = b"not a video at all" * 20 if info.filename == not_video else source.read(info)
+            archive.writestr(info.filename, data, zipfile.ZIP_STORED if info.filename == bad_crc else None)
+    data = bytearray(buffer.getvalue())
+    info = zipfile.ZipFile(io.BytesIO(bytes(data))).getinfo(bad_crc)
+    at = info.header_offset + 30 + len(bad_crc) + len(info.extra) + 100  # a byte inside the clip's data
+    assert data[at:at + 100] == members[bad_crc][0][100:200]
+    data[at] ^= 0xFF
+    good = {name: value for name, value in members.items() if name not in (not_video, bad_crc)}
+    return bytes(data), good, not_video, bad_crc
+
+
+@pytest.mark.parametrize("kind", ["range", "zip"])
+def test_bad_clips_are_skipped_recorded_and_the_fetch_goes_on(vox, tmp_path, monkeypatch, capsys, kind):
+    blob, members = vox
+    blob, good, not_video, bad_crc = _with_bad_clips(blob, members)
+    (tmp_path / "vox.zip").write_bytes(blob)
+    out = tmp_path / "out"
+    with ZipServer(blob) as server:
+        monkeypatch.setenv(voxceleb.URL_ENV, server.url)
+        zip_path = str(tmp_path / "vox.zip") if kind == "zip" else None
+        for attempt in range(2):  # a re-run neither fails on the same clips nor fetches the good ones again
+            assert run(out, zip=zip_path) == 0
+            printed, err = capsys.readouterr()
+            assert error_lines(err) == [] and "wrote 3 train and 1 test clips" in printed, err
+            assert "2 bad clips skipped, listed under 'bad'" in printed
+            manifest = json.loads((out / "meta" / "voxceleb-manifest.json").read_text())
+            assert manifest["skipped_as_done"] == 4 * attempt
+    bad = {entry["member"]: entry for entry in manifest["bad"]}
+    assert sorted(bad) == sorted([not_video, bad_crc])
+    assert bad[bad_crc]["split"] == "test" and "CRC" in bad[bad_crc]["reason"] and "log" not in bad[bad_crc]
+    decode = bad[not_video]
+    assert decode["split"] == "train" and decode["reason"].startswith(f"cannot decode {not_video}: ")
+    assert "\n" not in decode["reason"] and "Invalid data found" in decode["reason"]
+    log = (out / "meta" / "logs" / f"{decode['name']}.log").read_text()
+    assert decode["log"] == str(out / "meta" / "logs" / f"{decode['name']}.log")
+    assert log.count("\n") > 10 and "ffmpeg version" in log  # the whole of ffmpeg's log is kept
+    check_dataset(out, good, count=IDENTITIES * CLIPS - 2)
+    assert not (out / "train" / decode["name"]).exists() and not (out / "test" / bad[bad_crc]["name"]).exists()
+
+
+def test_server_announcing_more_than_it_sends_ends_in_one_line(vox, tmp_path, monkeypatch, capsys):
+    """No Range, and a Content-Length longer than the body: the fallback download fails, once."""
+    blob, _ = vox
+    with ZipServer(blob, ranges=False, announce_extra=1000, max_requests=60) as server:
+        monkeypatch.setenv(voxceleb.URL_ENV, server.url)
+        assert run(tmp_path) == 2
+    (err,) = error_lines(capsys.readouterr().err)
+    assert err.startswith("fomm-lessons data voxceleb: error: ") and server.url in err
+    assert "ignores Range and ended the whole file" in err and "--zip PATH" in err
+    assert len(server.state.requests) == 6  # probe, download and one retry, each with its redirect
+
+
 def test_errors_name_the_url_or_file_and_the_reason(vox, tmp_path, monkeypatch, capsys):
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
@@ -205,7 +272,9 @@ def test_errors_name_the_url_or_file_and_the_reason(vox, tmp_path, monkeypatch, 
             archive.writestr(name, b"not a video at all")
     (tmp_path / "bad.zip").write_bytes(bad.getvalue())
     assert run(tmp_path / "b", zip=str(tmp_path / "bad.zip"), identities=2, clips_per_identity=1) == 2
-    assert "cannot decode mp4/id0000" in capsys.readouterr().err
+    (err,) = error_lines(capsys.readouterr().err)  # every clip is bad: the split that got none ends the run
+    assert "no usable clip in the train split" in err
+    assert "cannot decode mp4/id0000" in err and "ffmpeg version" not in err
     missing = str(tmp_path / "none.zip")
     assert cli.main(["data", "voxceleb", "--out", str(tmp_path / "c"), "--zip", missing]) == 2
     assert "none.zip: no such file" in capsys.readouterr().err

@@ -152,3 +152,27 @@ def test_bad_state_dict_lists_the_names():
     assert "missing ['features.28.bias']" in message
     assert "unexpected ['features.99.weight']" in message
     assert "features.2.weight: (64, 32, 3, 3) (expected (64, 64, 3, 3))" in message
+
+
+@pytest.mark.filterwarnings("ignore:Vgg19Features uses RANDOM weights")
+def test_random_weights_are_a_function_of_the_seed_alone(monkeypatch, tmp_path):
+    def weights_after(global_seed, **kwargs):
+        keras.utils.set_random_seed(global_seed)  # what ran before in the process must not matter
+        return [w.numpy() for w in Vgg19Features(**kwargs).weights]
+
+    first = weights_after(1, weights="random", seed=3)
+    for a, b in zip(first, weights_after(2, weights="random", seed=3)):
+        np.testing.assert_array_equal(a, b)
+    kernels = list(zip(first[::2], weights_after(1, weights="random", seed=4)[::2]))
+    assert len(kernels) == 13 and all(not np.array_equal(a, b) for a, b in kernels)
+    limit = np.sqrt(6.0 / (9 * 3 + 9 * 64))  # Glorot-uniform, as Keras' Conv2D draws them
+    assert 0.9 * limit < np.abs(first[0]).max() <= limit and np.all(first[1] == 0)
+
+    def offline(**kwargs):
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(keras.applications, "VGG19", offline)  # --vgg auto on a machine without weights
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.delenv(perceptual.WEIGHTS_ENV, raising=False)
+    for a, b in zip(first, weights_after(5, weights="auto", seed=3)):
+        np.testing.assert_array_equal(a, b)

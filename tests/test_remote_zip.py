@@ -4,7 +4,9 @@ import io
 import os
 import struct
 import sys
+import time
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -144,6 +146,46 @@ def test_gives_up_naming_url_and_reason():
     assert server.url in str(error.value)
 
 
+def test_server_announcing_more_than_it_sends_is_given_up(tmp_path):
+    """No Range, and a Content-Length 1000 bytes longer than the body: every download ends short."""
+    blob, _ = make_zip()
+    started = time.monotonic()
+    with ZipServer(blob, ranges=False, announce_extra=1000, redirect=False, max_requests=50) as server:
+        remote = remote_zip.HttpFile(server.url)
+        remote.probe()
+        with pytest.raises(remote_zip.RemoteZipError, match=rf"ignores Range and ended the whole file after "
+                           rf"{len(blob)} of the {len(blob) + 1000} bytes it announces") as error:
+            remote.download(tmp_path / "copy.zip")
+    assert len(server.state.requests) == 3  # the probe, the download, one retry that ended where it did
+    assert time.monotonic() - started < 5
+    assert server.url in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "copy.zip").exists()
+
+
+def test_retries_are_bounded_per_range_even_when_bytes_arrive():
+    """Every body is cut after 10 bytes: each retry brings bytes, yet one range gives up."""
+    blob, _ = make_zip()
+    with ZipServer(blob, drops=[10] * 1000, redirect=False, max_requests=200) as server:
+        remote = remote_zip.HttpFile(server.url)
+        remote.probe()
+        with pytest.raises(remote_zip.RemoteZipError, match=rf"gave up after {remote_zip.RANGE_FAILURES + 1} "
+                           "failed requests for this range while reading bytes 0-4999"):
+            remote.read(0, 5000)
+    assert len(server.state.requests) == 1 + remote_zip.RANGE_FAILURES + 1
+
+
+def test_retries_are_bounded_for_the_whole_file(monkeypatch):
+    """One failure per range, each range then read: the file's total of failures still ends it."""
+    monkeypatch.setattr(remote_zip, "TOTAL_FAILURES", 10)
+    blob, _ = make_zip()
+    with ZipServer(blob, drops=[50] * 1000, drop_min_bytes=60, redirect=False, max_requests=200) as server:
+        remote = remote_zip.HttpFile(server.url)
+        with pytest.raises(remote_zip.RemoteZipError, match="gave up after 11 failed requests for this file"):
+            for start in range(0, 3000, 100):  # bodies of 100 bytes are cut at 50, the rest comes
+                assert remote.read(start, 100) == blob[start:start + 100]
+    assert start == 1000 and len(server.state.requests) == 1 + 2 * 10 + 1  # probe, 10 ranges, a cut
+
+
 def test_missing_file_is_not_retried():
     blob, _ = make_zip()
     with ZipServer(blob) as server:
@@ -186,3 +228,13 @@ def test_inflate_checks_crc():
     member = remote_zip.ZipMember("x.mp4", 0, 0, crc32=0, compressed_size=3, size=3, header_offset=0)
     with pytest.raises(ValueError, match="x.mp4.*CRC-32"):
         remote_zip.inflate(member, b"abc")
+
+
+def test_corrupt_deflate_data_is_a_value_error_naming_the_member():
+    data = zlib.compress(b"clip bytes" * 100)[2:-4]  # raw deflate, as in a zip
+    broken = data[:5] + bytes(b ^ 0xFF for b in data[5:12]) + data[12:]
+    member = remote_zip.ZipMember("x.mp4", 8, 0, crc32=zlib.crc32(b"clip bytes" * 100),
+                                  compressed_size=len(broken), size=1000, header_offset=0)
+    assert remote_zip.inflate(member, data) == b"clip bytes" * 100
+    with pytest.raises(ValueError, match="x.mp4: corrupt deflate data"):
+        remote_zip.inflate(member, broken)

@@ -148,3 +148,75 @@ def test_garbage_and_missing_files(tmp_path):
         read_torch_file(garbage)
     with pytest.raises(FileNotFoundError, match="nothing.pth"):
         read_torch_file(tmp_path / "nothing.pth")
+
+
+def _peak_bytes(function, *args, **kwargs):
+    """Peak of the memory allocated (NumPy arrays included) while ``function`` runs."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        function(*args, **kwargs)
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def _refused(path, match, **kwargs):
+    """Read ``path`` expecting a TorchFileError that matches; return the peak bytes allocated."""
+    def read():
+        with pytest.raises(TorchFileError, match=match) as error:
+            read_torch_file(path, **kwargs)
+        assert str(path) in str(error.value)
+
+    return _peak_bytes(read)
+
+
+@pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
+@pytest.mark.parametrize("shape", [(2000, 2000), (25000, 25000)])
+def test_expanded_tensor_is_refused_before_allocating(tmp_path, zipped, shape):
+    """A stride-0 view of one element: a 1.6 kB file that would become 16 MB, or 2.5 GB."""
+    path = tmp_path / "expanded.pth"
+    torch.save({"w": torch.zeros(1).expand(*shape)}, path, _use_new_zipfile_serialization=zipped)
+    assert path.stat().st_size < 2000
+    assert torch.load(path, weights_only=True)["w"].stride() == (0, 0)  # torch keeps the view
+    peak = _refused(path, rf"size \({shape[0]}, {shape[1]}\), stride \(0, 0\).* only 1: refusing")
+    assert peak < 1_000_000
+
+
+def test_storage_longer_than_the_file_is_refused_before_reading(tmp_path):
+    """Legacy layout: the element count before a storage's bytes claims 1 GiB."""
+    path = tmp_path / "claims.pth"
+    torch.save({"w": torch.arange(10, dtype=torch.float32)}, path, _use_new_zipfile_serialization=False)
+    data = bytearray(path.read_bytes())
+    at = len(data) - 10 * 4 - 8  # the int64 element count of the last (only) storage
+    assert int.from_bytes(data[at:at + 8], "little") == 10
+    data[at:at + 8] = (2**28).to_bytes(8, "little")
+    path.write_bytes(bytes(data))
+    assert _refused(path, r"claims 268435456 elements .* only 40 bytes are left") < 1_000_000
+
+
+@pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
+def test_size_bound_for_one_tensor_and_in_total_can_be_raised(tmp_path, zipped):
+    path = tmp_path / "two.pth"
+    tensors = {"a": torch.randn(75_000), "b": torch.randn(75_000)}  # 300 kB each
+    torch.save(tensors, path, _use_new_zipfile_serialization=zipped)
+    _refused(path, r"needs 300000 bytes, over the limit of 200000 bytes", max_bytes=200_000)
+    _refused(path, r"needs 300000 bytes \(after 300000 bytes .*\), over the limit of 500000",
+             max_bytes=500_000)
+    ours = read_torch_file(path, max_bytes=600_000)
+    for key, tensor in tensors.items():
+        np.testing.assert_array_equal(ours[key], tensor.numpy())
+
+
+def test_compressed_storage_is_bounded_before_inflating(tmp_path):
+    """A zip entry deflated from 8 MB of zeros to a few kB is refused from its stated size."""
+    plain, bomb = tmp_path / "plain.pth", tmp_path / "bomb.pth"
+    torch.save({"w": torch.zeros(2_000_000)}, plain)
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as target:
+        for name in source.namelist():
+            target.writestr(name, source.read(name))
+    assert bomb.stat().st_size < 100_000
+    assert _refused(bomb, r"storage '0' needs 8000000 bytes, over the limit", max_bytes=4_000_000) < 1_000_000
+    assert read_torch_file(bomb)["w"].shape == (2_000_000,)  # within the default bound it reads

@@ -103,21 +103,43 @@ def test_resume_continues_exactly(frames, tmp_path):
 def test_sigterm_saves_a_checkpoint_and_stops(frames, tmp_path):
     trainer = _trainer(tmp_path / "run", checkpoint_every=100)
     before = signal.getsignal(signal.SIGTERM)
-    trainer.fit(frames, steps=6, progress=False, on_step=lambda step, losses: signal.raise_signal(signal.SIGTERM))
-    assert int(trainer.step.numpy()) == 1
-    assert trainer.manager.latest_checkpoint.endswith("ckpt-1")
+    trainer.fit(frames, steps=6, progress=False,
+                on_step=lambda step, losses: step == 2 and signal.raise_signal(signal.SIGTERM))
+    assert int(trainer.step.numpy()) == 2 and trainer.interrupted == signal.SIGTERM
+    assert trainer.manager.latest_checkpoint.endswith("ckpt-2")
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is given back
+    # Stopped at the last step of epoch 0, before the epoch was counted: the next fit goes on from there.
+    assert int(trainer.epoch.numpy()) == 0
+    trainer.fit(frames, steps=3, progress=False)
+    assert (int(trainer.step.numpy()), int(trainer.epoch.numpy()), trainer.interrupted) == (3, 1, None)
 
 
 @pytest.mark.filterwarnings("ignore:Vgg19Features uses RANDOM weights")
-def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(frames, tmp_path):
+def test_nan_weights_or_losses_stop_training_and_keep_the_last_good_checkpoint(frames, tmp_path):
     trainer = _trainer(tmp_path / "run", checkpoint_every=1)
     trainer.fit(frames, steps=1, progress=False)
-    kernel = trainer.models.kp_detector.weights[0]
-    kernel.assign(tf.fill(kernel.shape, float("nan")))
-    with pytest.raises(TrainingDiverged, match=r"loss \w+ is nan at step 2.*ckpt-1"):
-        trainer.fit(frames, steps=3, progress=False)
-    assert trainer.manager.latest_checkpoint.endswith("ckpt-1")
+    models = {name: (tmp_path / "run" / "models" / name).read_bytes()
+              for name in ("kp_detector.weights.h5", "generator.weights.h5", "discriminator.weights.h5")}
+
+    # Adam's update overflows within step 2: that step's loss is finite, the weights after it are not.
+    optimizer = trainer.optimizers["kp_detector"]
+    momentum = next(v for v in optimizer.variables if "momentum" in v.path)
+    momentum.assign(tf.fill(momentum.shape, float("inf")))
+    with pytest.raises(TrainingDiverged, match=r"^\d+ weights are NaN or Inf at step 2 .*no checkpoint was "
+                                               r"written; the last good checkpoint is .*ckpt-1$") as error:
+        trainer.fit(frames, steps=4, progress=False)
+    named = str(error.value).rsplit(" ", 1)[1]
+    assert all(np.all(np.isfinite(v)) for v in _checkpoint_tensors(named).values()
+               if np.issubdtype(v.dtype, np.floating))
+    assert [p.rsplit("/", 1)[1] for p in trainer.manager.checkpoints] == ["ckpt-1"]
+    assert models == {name: (tmp_path / "run" / "models" / name).read_bytes() for name in models}
+
+    # A non-finite checkpoint, as older versions wrote them, is never named the last good one.
+    trainer.manager.save(checkpoint_number=2)
+    with pytest.raises(TrainingDiverged, match=r"^loss \w+ is (nan|inf) at step 3; the last good checkpoint is "
+                                               r".*ckpt-1$"):
+        trainer.fit(frames, steps=4, progress=False)
+    assert trainer.manager.latest_checkpoint.endswith("ckpt-2") and trainer.last_good_checkpoint().endswith("ckpt-1")
 
 
 @pytest.mark.slow
@@ -155,13 +177,135 @@ def test_train_command_runs_resumes_and_refuses_to_overwrite(frames, tmp_path, c
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({**TINY, "dataset_params": {**TINY["dataset_params"], "root_dir": frames.root}}))
     args = ["train", "--config", str(config), "--data", str(frames.root), "--out", str(tmp_path / "run"),
-            "--vgg", "random"]
-    assert cli.main(args + ["--steps", "1"]) == 0
-    assert cli.main(args + ["--steps", "1"]) == 2  # the run folder already holds a checkpoint
+            "--vgg", "random", "--checkpoint-every", "1"]
+    assert cli.main(args + ["--steps", "2"]) == 0
+    assert "VGG19 weights for the perceptual loss: random (seed 0)" in capsys.readouterr().out
+    assert cli.main(args + ["--steps", "2"]) == 2  # the run folder already holds a checkpoint
     assert "--resume" in capsys.readouterr().err
-    assert cli.main(args + ["--steps", "2", "--resume"]) == 0
-    assert (tmp_path / "run" / "checkpoints" / "ckpt-2.index").exists()
-    assert (tmp_path / "run" / "models").is_dir()
+
+    # The newest checkpoint is cut short (a copy interrupted, a disk that failed): resume from the one before.
+    checkpoints = tmp_path / "run" / "checkpoints"
+    data = checkpoints / "ckpt-2.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 3])
+    assert cli.main(args + ["--steps", "3", "--resume"]) == 0
+    out, err = capsys.readouterr()
+    assert f"warning: skipping the checkpoint {checkpoints / 'ckpt-2'}: it cannot be read (" in err
+    assert f"resuming from {checkpoints / 'ckpt-1'} (step 1)" in out and "trained to step 3" in out
+    assert (checkpoints / "ckpt-3.index").exists() and (tmp_path / "run" / "models").is_dir()
+    assert all(np.all(np.isfinite(v)) for v in _checkpoint_tensors(checkpoints / "ckpt-2").values()
+               if np.issubdtype(v.dtype, np.floating))  # written again, whole
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert log.count("VGG19 weights random (seed 0)") == 2 and log.count("done at step") == 2
+    assert "skipped the checkpoint" in log
+
+
+def _one_line_error(status, err, *fragments):
+    lines = err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and lines[0].startswith("fomm-lessons train: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_train_command_refuses_bad_numbers_and_incomplete_configs(frames, tmp_path, capsys):
+    import yaml
+
+    from fomm_lessons import cli
+
+    def train(config, *extra):
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        status = cli.main(["train", "--config", str(path), "--data", str(frames.root), "--out",
+                           str(tmp_path / "run"), "--vgg", "random", *extra])
+        return status, capsys.readouterr().err
+
+    _one_line_error(*train(TINY, "--steps", "-3"), "--steps must be a positive number of steps, got -3")
+    _one_line_error(*train(TINY, "--steps", "0"), "got 0")
+    _one_line_error(*train(TINY, "--checkpoint-every", "0"), "--checkpoint-every must be a positive")
+    _one_line_error(*train({"model_params": TINY["model_params"]}), "train needs train_params, which is missing",
+                    "found sections ['model_params']")
+    no_discriminator = {**TINY, "model_params": {k: v for k, v in TINY["model_params"].items()
+                                                 if k != "discriminator_params"}}
+    _one_line_error(*train(no_discriminator), "train needs model_params.discriminator_params")
+    for rate in (1.0e39, -1.0, 0.0):
+        config = copy.deepcopy(TINY)
+        config["train_params"]["lr_generator"] = rate
+        _one_line_error(*train(config), "lr_generator must be", f"got {rate!r}")
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+LOCK_HOLDER = """
+import fcntl, os, sys
+with open(sys.argv[1], "a+") as handle:
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    handle.seek(0); handle.truncate(); handle.write(str(os.getpid())); handle.flush()
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_second_train_into_the_same_folder_ends_at_once(frames, tmp_path, capsys):
+    from fomm_lessons import cli
+
+    run = tmp_path / "run"
+    run.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(run / "train.lock")], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)  # as a first run holds it
+    try:
+        assert other.stdout.readline().strip() == "locked"
+        status = cli.main(["train", "--config", "cpu-64", "--data", str(frames.root), "--out", str(run),
+                           "--vgg", "random"])
+        _one_line_error(status, capsys.readouterr().err, f"the run folder {run} is in use by another training run "
+                        f"(process {other.pid})")
+    finally:
+        other.communicate("")
+    assert sorted(os.listdir(run)) == ["train.lock"]
+
+
+@pytest.mark.filterwarnings("ignore:Vgg19Features uses RANDOM weights")
+def test_sigint_saves_says_how_to_resume_and_exits_130(frames, tmp_path, capsys):
+    import threading
+    import time
+
+    import fcntl
+    import yaml
+
+    from fomm_lessons import cli
+
+    config = tmp_path / "tiny.yaml"
+    long = copy.deepcopy(TINY)
+    long["train_params"]["num_epochs"] = 100  # the run must still be going when the signal comes
+    config.write_text(yaml.safe_dump(long))
+    run = tmp_path / "run"
+    seen = {}
+
+    def interrupt_after_the_first_checkpoint():
+        deadline = time.monotonic() + 600
+        while not (run / "checkpoints" / "ckpt-1.index").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with open(run / "train.lock") as handle:  # the run holds its folder
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen["locked"] = False
+            except BlockingIOError:
+                seen["locked"] = handle.read().strip() == str(os.getpid())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    thread = threading.Thread(target=interrupt_after_the_first_checkpoint, daemon=True)
+    thread.start()
+    status = cli.main(["train", "--config", str(config), "--data", str(frames.root), "--out", str(run),
+                       "--vgg", "random", "--steps", "40", "--checkpoint-every", "1"])
+    thread.join(timeout=60)
+    err = capsys.readouterr().err
+    assert status == 130, err
+    assert seen["locked"] is True
+    last = err.strip().splitlines()[-1]
+    steps = sorted(int(p.name[5:-6]) for p in (run / "checkpoints").glob("ckpt-*.index"))
+    assert 1 <= steps[-1] < 40
+    assert last == (f"fomm-lessons train: interrupted by SIGINT at step {steps[-1]}; the checkpoint "
+                    f"{run / 'checkpoints' / f'ckpt-{steps[-1]}'} is saved; continue with: fomm-lessons train "
+                    f"--config {config} --data {frames.root} --out {run} --steps 40 --checkpoint-every 1 --vgg random "
+                    "--resume")
+    assert "interrupted by SIGINT" in (run / "train.log").read_text()
 
 
 @pytest.mark.filterwarnings("ignore:Vgg19Features uses RANDOM weights")
@@ -179,3 +323,85 @@ def test_mixed_precision_step_gives_finite_float32_losses(tmp_path, precision):
     losses, _ = trainer.train_step({k: tf.constant(v) for k, v in batch.items()})
     assert all(v.dtype == tf.float32 and np.isfinite(v.numpy()) for v in losses.values())
     assert any(not np.array_equal(a, b) for a, b in zip(before, trainer.get_weights()))
+
+
+def _checkpoint_tensors(prefix):
+    reader = tf.train.load_checkpoint(str(prefix))
+    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
+            if key != "_CHECKPOINTABLE_OBJECT_GRAPH"}
+
+
+@pytest.mark.filterwarnings("ignore:Vgg19Features uses RANDOM weights")
+def test_the_seed_sets_the_initial_weights(tmp_path):
+    """Same seed, same weights (the networks' and a random VGG19's) whatever ran before; another seed differs.
+
+    With the same weights the steps are the same too: test_resume_continues_exactly compares two runs bit for bit.
+    """
+    runs = {}
+    for name, seed, disturb in (("a", 0, 1), ("b", 0, 2), ("c", 1, 1)):
+        keras.utils.set_random_seed(disturb)  # whatever ran before must not matter
+        keras.random.uniform([disturb])
+        trainer = Trainer(copy.deepcopy(TINY), tmp_path / name, xla=False, mixed_precision="off", seed=seed,
+                          vgg_weights="random")
+        runs[name] = (trainer.get_weights(), [w.numpy() for w in trainer.vgg.weights])
+        paths = [w.path for net in (trainer.models.kp_detector, trainer.models.generator,
+                                    trainer.models.discriminator) for w in net.weights]
+    (a, vgg_a), (b, vgg_b), (c, vgg_c) = runs["a"], runs["b"], runs["c"]
+    assert len(a) == len(b) >= 150
+    for x, y in zip(a + vgg_a, b + vgg_b):
+        np.testing.assert_array_equal(x, y)
+    # Drawn at random: not the zero biases, unit scales, or the identity the Jacobian's bias starts at.
+    drawn = [i for i, x in enumerate(a) if x.std() > 0 and not paths[i].endswith("jacobian/bias")]
+    assert len(drawn) > 50 and all(not np.array_equal(a[i], c[i]) for i in drawn)
+    assert all(not np.array_equal(x, y) for x, y in zip(vgg_a[::2], vgg_c[::2]))  # the 13 kernels
+
+
+FILL_THE_DISK = """
+mount -t tmpfs -o size=64m tmpfs "$1" || exit 99
+"$2" -m fomm_lessons.cli train --config "$3" --data "$4" --out "$1/run" --vgg random --steps 6 \\
+    --checkpoint-every 1 2>"$5/stderr" &
+trainer=$!
+while [ ! -e "$1/run/models/discriminator.weights.h5" ] && kill -0 $trainer 2>/dev/null; do sleep 0.01; done
+dd if=/dev/zero of="$1/filler" bs=1M 2>/dev/null  # until the disk is full
+wait $trainer
+status=$?
+cp -r "$1/run" "$5/after"
+exit $status
+"""
+
+
+@pytest.mark.filterwarnings("ignore:Vgg19Features uses RANDOM weights")
+def test_a_full_disk_ends_in_one_line_and_keeps_the_last_checkpoint(frames, tmp_path):
+    """A real full disk: a 64 MB tmpfs in a mount namespace of this test's own, filled up after the first checkpoint."""
+    import shutil
+
+    import yaml
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {mount}"],
+                           capture_output=True, text=True) if shutil.which("unshare") else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip(f"no tmpfs can be mounted in a user namespace here ({probe and probe.stderr.strip()})")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", FILL_THE_DISK, "sh", str(mount), sys.executable, str(config),
+                           str(frames.root), str(tmp_path)], capture_output=True, text=True, timeout=900)
+    err = (tmp_path / "stderr").read_text()
+    assert done.returncode == 2, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    step = int(last.split("the checkpoint of step ")[1].split()[0])
+    checkpoints = mount / "run" / "checkpoints"
+    assert last == (f"fomm-lessons train: error: the disk is full: cannot write the checkpoint of step {step} to "
+                    f"{checkpoints}; the last good checkpoint, {checkpoints / f'ckpt-{step - 1}'}, is kept")
+    after = tmp_path / "after"
+    kept = sorted(p.name for p in (after / "checkpoints").iterdir())
+    assert kept[-2:] == [f"ckpt-{step - 1}.data-00000-of-00001", f"ckpt-{step - 1}.index"]  # nothing of step N
+    assert all(np.all(np.isfinite(v)) for v in _checkpoint_tensors(after / "checkpoints" / f"ckpt-{step - 1}").values()
+               if np.issubdtype(v.dtype, np.floating))
+    from fomm_lessons.checkpoint import load_models
+
+    load_models(str(after / "models"), TINY["model_params"])  # the export is whole
+    assert sorted(os.listdir(after / "models")) == ["discriminator.weights.h5", "generator.weights.h5",
+                                                    "kp_detector.weights.h5"]
+

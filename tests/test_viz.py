@@ -170,3 +170,24 @@ def test_flow_arrows_are_the_flow_in_pixels():
     np.testing.assert_array_equal(quiver.U, 3.0)
     np.testing.assert_array_equal(quiver.V, -2.0)
     np.testing.assert_array_equal(quiver.X, [4, 12, 4, 12])
+
+
+def test_motion_parts_puts_each_deformed_source_over_its_coloured_mask():
+    rng = np.random.default_rng(1)
+    deformed = rng.random((3, 4, 5, 3)).astype(np.float32)  # K + 1 = 3 motions, 4 x 5 each
+    mask = rng.random((4, 5, 3)).astype(np.float32)
+    mask /= mask.sum(axis=-1, keepdims=True)  # a soft segmentation, as the softmax gives
+    picture = viz.motion_parts(deformed, mask)
+    assert picture.shape == (8, 20, 3)  # two rows of K + 2 panels
+    colors = viz.keypoint_colors(2)
+    for k in range(3):
+        np.testing.assert_array_equal(picture[:4, 5 * k:5 * k + 5], deformed[k])
+        expected = mask[..., k, None] * (colors[k - 1] if k else np.zeros(3))  # background black
+        np.testing.assert_allclose(picture[4:, 5 * k:5 * k + 5], expected, atol=1e-6)
+    np.testing.assert_array_equal(picture[:4, 15:], 1.0)
+    # the last panel is the sum of the coloured masks, computed here without colored_mask
+    summed = sum(mask[..., k, None] * colors[k - 1] for k in (1, 2))
+    np.testing.assert_allclose(picture[4:, 15:], summed, atol=1e-6)
+    assert viz.motion_parts(deformed, mask, height=8).shape == (16, 40, 3)
+    with pytest.raises(ValueError, match=r"same K\+1"):
+        viz.motion_parts(deformed[:2], mask)

@@ -1,4 +1,5 @@
-"""A tiny HTTP server on 127.0.0.1 for the remote-zip tests: Range, redirects, dropped connections."""
+"""A tiny HTTP server on 127.0.0.1 for the remote-zip tests: Range, redirects, dropped connections,
+a Content-Length that promises more than the body, and a cap on the requests it answers."""
 
 import http.server
 import re
@@ -18,6 +19,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         state = self.server.state
         state.requests.append((self.path, self.headers.get("Range")))
+        if state.max_requests is not None and len(state.requests) > state.max_requests:
+            self.send_error(410, "request budget of the test server spent")  # not retried by clients
+            return
         if state.redirect and self.path == f"/resolve/main/{ZIP_NAME}":
             self.send_response(302)
             self.send_header("Location", f"/blob/{ZIP_NAME}")
@@ -46,7 +50,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         body = blob[start:end + 1]
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(len(body) + state.announce_extra))
         self.send_header("Accept-Ranges", "bytes" if state.ranges else "none")
         self.end_headers()
         cut = len(body)
@@ -68,8 +72,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class _State:
-    def __init__(self, blob, ranges, drops, drop_min_bytes, redirect, drop_mode):
+    def __init__(self, blob, ranges, drops, drop_min_bytes, redirect, drop_mode, announce_extra, max_requests):
         self.blob, self.ranges, self.redirect = blob, ranges, redirect
+        self.announce_extra, self.max_requests = announce_extra, max_requests
         self.drops, self.drop_min_bytes, self.drop_mode, self.stall_s = list(drops), drop_min_bytes, drop_mode, 1.0
         self.bytes_sent, self.requests, self.lock = 0, [], threading.Lock()
 
@@ -78,11 +83,16 @@ class ZipServer:
     """Serve ``blob`` as ZIP_NAME; ``drops`` lists byte counts after which successive bodies are cut.
 
     ``drop_mode``: "close" ends the connection early, "reset" sends a TCP reset, "stall" stops
-    sending for ``state.stall_s`` seconds (the client's read times out).
+    sending for ``state.stall_s`` seconds (the client's read times out). ``announce_extra``
+    bytes are added to every Content-Length (the body then ends early, every time);
+    after ``max_requests`` requests every answer is 410 Gone, so a client that never gives
+    up still ends.
     """
 
-    def __init__(self, blob, *, ranges=True, drops=(), drop_min_bytes=0, redirect=True, drop_mode="close"):
-        self.state = _State(blob, ranges, drops, drop_min_bytes, redirect, drop_mode)
+    def __init__(self, blob, *, ranges=True, drops=(), drop_min_bytes=0, redirect=True, drop_mode="close",
+                 announce_extra=0, max_requests=None):
+        self.state = _State(blob, ranges, drops, drop_min_bytes, redirect, drop_mode, announce_extra,
+                            max_requests)
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.daemon_threads = True
         self.httpd.state = self.state

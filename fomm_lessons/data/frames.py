@@ -9,6 +9,7 @@ back as float32 RGB in [0, 1], shape ``(T, H, W, 3)``, whatever was stored
 
 import os
 import re
+import struct
 import warnings
 
 import numpy as np
@@ -66,8 +67,34 @@ def to_rgb(array, where="image"):
     return np.ascontiguousarray(array[:, :, :3])
 
 
+def _png_bit_depth(path):
+    """Bits per sample of a PNG file, read from its IHDR chunk (the file's first chunk)."""
+    with open(path, "rb") as file:
+        header = file.read(25)  # 8-byte signature, length, b"IHDR", width, height, bit depth
+    if len(header) < 25 or header[12:16] != b"IHDR":
+        raise ValueError("no IHDR chunk at the start of the PNG file")
+    return header[24]
+
+
+def _grey_bits(path, image):
+    """Bits per sample of a wide integer grey image as its file stores them; None otherwise.
+
+    Pillow reports a 16-bit grey PNG as 32-bit mode ``I`` (Pillow 10) or as ``I;16`` (later),
+    so a PNG's depth is read from the file. A 32-bit ``I`` image of another format keeps
+    the int32 scale.
+    """
+    if image.mode != "I" and not image.mode.startswith("I;16"):
+        return None
+    if image.format == "PNG":
+        return _png_bit_depth(path)
+    return None if image.mode == "I" else 16
+
+
 def read_image(path):
-    """One frame file -> float32 RGB (H, W, 3) in [0, 1]; a bad file raises :class:`VideoError`."""
+    """One frame file -> float32 RGB (H, W, 3) in [0, 1]; a bad file raises :class:`VideoError`.
+
+    Integer images are scaled by the bit depth stored in the file, whatever mode Pillow reports.
+    """
     try:
         with Image.open(path) as image:
             image.load()
@@ -76,15 +103,113 @@ def read_image(path):
             elif image.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
                 image = image.convert("RGB")
             array = np.asarray(image)
+            bits = _grey_bits(path, image)
     except (OSError, ValueError, SyntaxError) as error:
         raise VideoError(path, f"{type(error).__name__}: {error}") from None
-    if image.mode.startswith("I;16"):
-        array = array.astype(np.uint16)
+    if bits is not None:
+        array = array.astype(np.float32) / float(2**bits - 1)
     return to_rgb(array, f"frame {path}")
 
 
+_MP4_CONTAINERS = (b"mdia", b"minf", b"stbl")  # boxes inside a track that hold the sample tables
+_MP4_MAX_INDEX_BYTES = 64 << 20  # a moov box larger than this is not parsed
+_MP4_MAX_SAMPLES = 10_000_000  # nor a track that claims more frames (over 3 days at 30 fps)
+
+
+def _mp4_boxes(data, start, end):
+    """``(type, payload start, payload end)`` of the ISO base media boxes in ``data[start:end]``."""
+    at = start
+    while at + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", data, at)
+        header = 8
+        if size == 1 and at + 16 <= end:  # a 64-bit size follows the type
+            size, header = struct.unpack_from(">Q", data, at + 8)[0], 16
+        elif size == 0:  # runs to the end
+            size = end - at
+        if size < header or at + size > end:
+            return
+        yield kind, at + header, at + size
+        at += size
+
+
+def _mp4_video_index(path):
+    """``(frames listed, frames whose bytes are in the file)`` of an .mp4/.mov's first video track.
+
+    Read from the ``moov`` box (sample sizes ``stsz``, chunk offsets ``stco``/``co64``,
+    samples per chunk ``stsc``) without decoding; None when there is no such index
+    (another format, a fragmented file, a ``moov`` that is missing or cut).
+    """
+    with open(path, "rb") as file:
+        file_size = os.fstat(file.fileno()).st_size
+        at, moov = 0, None
+        while moov is None and at + 8 <= file_size:
+            file.seek(at)
+            head = file.read(16)
+            size, kind = struct.unpack(">I4s", head[:8])
+            header = 8
+            if size == 1 and len(head) == 16:
+                size, header = struct.unpack(">Q", head[8:])[0], 16
+            elif size == 0:
+                size = file_size - at
+            if size < header:
+                return None
+            if kind == b"moov":
+                if size > _MP4_MAX_INDEX_BYTES or at + size > file_size:
+                    return None
+                file.seek(at + header)
+                moov = file.read(size - header)
+            at += size
+    if moov is None:
+        return None
+    for kind, start, end in _mp4_boxes(moov, 0, len(moov)):
+        if kind != b"trak":
+            continue
+        tables, pending = {}, [(b"trak", start, end)]
+        while pending:  # the leaf boxes of the track, by (parent, type)
+            parent, a, b = pending.pop()
+            for kind, a, b in _mp4_boxes(moov, a, b):
+                if kind in _MP4_CONTAINERS:
+                    pending.append((kind, a, b))
+                else:
+                    tables[parent, kind] = (a, b)
+        hdlr = tables.get((b"mdia", b"hdlr"))  # (a .mov also has a data handler in minf)
+        if hdlr is None or moov[hdlr[0] + 8:hdlr[0] + 12] != b"vide":
+            continue
+        stsz, stsc = tables.get((b"stbl", b"stsz")), tables.get((b"stbl", b"stsc"))
+        wide = (b"stbl", b"co64") in tables
+        chunks = tables.get((b"stbl", b"co64" if wide else b"stco"))
+        if stsz is None or stsc is None or chunks is None:
+            return None
+        uniform, count = struct.unpack_from(">II", moov, stsz[0] + 4)
+        if count > _MP4_MAX_SAMPLES:
+            return None
+        sizes = struct.unpack_from(f">{0 if uniform else count}I", moov, stsz[0] + 12)
+        (n_chunks,) = struct.unpack_from(">I", moov, chunks[0] + 4)
+        offsets = struct.unpack_from(f">{n_chunks}{'Q' if wide else 'I'}", moov, chunks[0] + 8)
+        (n_runs,) = struct.unpack_from(">I", moov, stsc[0] + 4)
+        runs = [struct.unpack_from(">III", moov, stsc[0] + 8 + 12 * i)[:2] for i in range(n_runs)]
+        present, sample = 0, 0
+        for i, (first, per_chunk) in enumerate(runs):  # first chunk is 1-based
+            last = runs[i + 1][0] - 1 if i + 1 < n_runs else n_chunks
+            for chunk in range(first - 1, min(last, n_chunks)):
+                position = offsets[chunk]
+                for _ in range(per_chunk):
+                    if sample >= count:
+                        break
+                    position += uniform or sizes[sample]
+                    present += position <= file_size
+                    sample += 1
+        return (count, present) if count else None
+    return None
+
+
 def _read_file_frames(path):
-    """All frames of a real video file as a list of arrays."""
+    """All frames of a real video file as a list of arrays.
+
+    An .mp4/.mov whose index lists frames that are not in the file (a cut download) is
+    refused with the decoded and listed counts, as a corrupt frame file is: ffmpeg would
+    silently return the frames before the cut.
+    """
     import imageio.v2 as imageio
 
     try:
@@ -97,6 +222,15 @@ def _read_file_frames(path):
         raise VideoError(path, f"{type(error).__name__}: {first_line}") from None
     if not frames:
         raise VideoError(path, "it has no frames")
+    if not path.lower().endswith(".gif"):
+        try:
+            index = _mp4_video_index(path)
+        except (struct.error, OSError):  # an index that does not parse is no evidence either way
+            index = None
+        if index is not None and index[1] < index[0]:
+            raise VideoError(path, f"it is truncated: {len(frames)} frames decoded, its index lists "
+                                   f"{index[0]} and only {index[1]} of them are in the file; "
+                                   "download or copy it again")
     return frames
 
 

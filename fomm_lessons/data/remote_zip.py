@@ -6,6 +6,12 @@ member then costs one request for its local header and one for its bytes. Only t
 standard library is used. Dropped connections are retried and resumed where they
 stopped; a server that ignores ``Range`` is reported with :class:`RangeNotSupported`
 so that the caller can fall back to :func:`HttpFile.download` of the whole file.
+
+Retries are bounded three ways, so that no server can keep a fetch going forever (one
+that ignores ``Range`` and announces more bytes than it sends would otherwise send the
+whole file again and again): :data:`RETRIES` failures in a row that bring no byte
+beyond the furthest one reached, :data:`RANGE_FAILURES` failures of one byte range
+(or download) in all, and :data:`TOTAL_FAILURES` failures of one file in all.
 """
 
 import dataclasses
@@ -20,7 +26,9 @@ import zlib
 
 USER_AGENT = "fomm-lessons/0.1 (zip range reader; Python urllib)"
 CHUNK_BYTES = 1 << 16
-RETRIES = 5  # consecutive failures without progress before giving up
+RETRIES = 5  # failures in a row that reach no byte beyond the furthest one before giving up
+RANGE_FAILURES = 30  # failures of one byte range (or one download) in all, progress or not
+TOTAL_FAILURES = 100  # failures of all the requests of one HttpFile together
 RETRY_BACKOFF_S = 1.0  # first wait; doubles on each consecutive failure
 TIMEOUT_S = 60.0
 LOCAL_EXTRA_GUESS = 64  # bytes of a local header's extra field fetched along with it (ZIP64 needs 20)
@@ -39,6 +47,10 @@ _FULL32 = 0xFFFFFFFF
 
 class RemoteZipError(OSError):
     """The remote file could not be read; the message names the URL and the reason."""
+
+
+class BadMemberError(RemoteZipError):
+    """One member is unreadable (CRC, size, method, local header): the other members may be fine."""
 
 
 class RangeNotSupported(RemoteZipError):
@@ -84,6 +96,8 @@ class HttpFile:
         self.retries = RETRIES if retries is None else retries
         self.timeout = TIMEOUT_S if timeout is None else timeout
         self.backoff = RETRY_BACKOFF_S if backoff is None else backoff
+        self.range_failures, self.total_failures = RANGE_FAILURES, TOTAL_FAILURES
+        self.failures = 0  # failed requests, all ranges together
         self.redirect_headers = {}
         self._opener = urllib.request.build_opener(_RecordingRedirects(self.redirect_headers))
         self.size = None
@@ -95,11 +109,14 @@ class HttpFile:
             "User-Agent": USER_AGENT, "Accept-Encoding": "identity", **headers})
         return self._opener.open(request, timeout=self.timeout)
 
-    def _retrying(self, attempt, what):
-        """Run ``attempt()`` until it returns; transient failures are retried with backoff."""
-        failures = 0
+    def _retrying(self, attempt, what, held=lambda: 0):
+        """Run ``attempt()`` until it returns; transient failures are retried with backoff.
+
+        ``held()`` is how many bytes of this range are in hand: a failure counts as
+        progress only when it leaves more than any earlier attempt did.
+        """
+        stalled = failures = furthest = 0
         while True:
-            progress_before = self.bytes_received
             try:
                 return attempt()
             except urllib.error.HTTPError as error:
@@ -112,11 +129,19 @@ class HttpFile:
                 raise
             except (OSError, http.client.HTTPException, _Dropped) as error:
                 reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-            failures = 0 if self.bytes_received > progress_before else failures + 1
-            if failures > self.retries:
-                raise RemoteZipError(
-                    f"{self.url}: gave up after {self.retries} retries while {what}: {reason}")
-            time.sleep(self.backoff * 2 ** max(failures - 1, 0))
+            failures, self.failures = failures + 1, self.failures + 1
+            stalled = 0 if held() > furthest else stalled + 1
+            furthest = max(furthest, held())
+            if stalled > self.retries:
+                why = f"{self.retries} retries"
+            elif failures > self.range_failures:
+                why = f"{failures} failed requests for this range"
+            elif self.failures > self.total_failures:
+                why = f"{self.failures} failed requests for this file"
+            else:
+                time.sleep(self.backoff * 2 ** max(stalled - 1, 0))
+                continue
+            raise RemoteZipError(f"{self.url}: gave up after {why} while {what}: {reason}")
 
     def probe(self):
         """Ask for the first byte: learn the size and whether ``Range`` is honoured."""
@@ -164,19 +189,25 @@ class HttpFile:
                     self.bytes_received += len(chunk)
 
         if length:
-            self._retrying(attempt, f"reading bytes {start}-{start + length - 1}")
+            self._retrying(attempt, f"reading bytes {start}-{start + length - 1}", lambda: len(buffer))
         return bytes(buffer)
 
     def download(self, path, progress=None):
         """Download the whole file to ``path`` (via ``path.part``, resumed when possible)."""
         part = f"{path}.part"
 
+        def held():
+            return os.path.getsize(part) if os.path.exists(part) else 0
+
         def attempt():
-            have = os.path.getsize(part) if os.path.exists(part) else 0
+            have = before = held()
             headers = {"Range": f"bytes={have}-"} if have else {}
             with self._open(headers) as response:
                 if response.status == 206:
                     total = _total_from_content_range(response.headers, self.url)
+                    if not response.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
+                        raise RemoteZipError(f"{self.url}: asked for bytes {have}-, server sent "
+                                             f"{response.headers.get('Content-Range')!r}")
                 else:
                     have = 0  # the server restarted from the first byte
                     length = response.headers.get("Content-Length")
@@ -195,11 +226,16 @@ class HttpFile:
                         if progress is not None:
                             progress.update(len(chunk))
                 if total is not None and have != total:
+                    if response.status != 206 and have == before:  # no Range, and cut where it was
+                        raise RemoteZipError(
+                            f"{self.url}: the server ignores Range and ended the whole file after "
+                            f"{have} of the {total} bytes it announces, as on the try before: "
+                            f"gave up downloading to {path}")
                     raise _Dropped(f"connection closed after {have} of {total} bytes")
             os.replace(part, path)
             return path
 
-        return self._retrying(attempt, f"downloading to {path}")
+        return self._retrying(attempt, f"downloading to {path}", held)
 
 
 def _total_from_content_range(headers, url):
@@ -279,7 +315,10 @@ def inflate(member, compressed):
         data = compressed
     elif member.method == 8:
         inflater = zlib.decompressobj(-15)
-        data = inflater.decompress(compressed) + inflater.flush()
+        try:
+            data = inflater.decompress(compressed) + inflater.flush()
+        except zlib.error as error:
+            raise ValueError(f"{member.name}: corrupt deflate data ({error})") from None
     else:
         raise ValueError(f"{member.name}: compression method {member.method} is not supported "
                          "(expected 0 stored or 8 deflate)")
@@ -318,7 +357,7 @@ class RemoteZip:
         guess = _LOCAL.size + len(member.name.encode()) + LOCAL_EXTRA_GUESS + member.compressed_size
         first = self.http.read(member.header_offset, min(guess, self.http.size - member.header_offset))
         if first[:4] != b"PK\x03\x04":
-            raise RemoteZipError(
+            raise BadMemberError(
                 f"{self.url}: no local header for {member.name} at offset {member.header_offset}")
         name_len, extra_len = _LOCAL.unpack_from(first)[-2:]
         start = _LOCAL.size + name_len + extra_len  # the data, relative to the local header
@@ -329,4 +368,4 @@ class RemoteZip:
         try:
             return inflate(member, compressed)
         except ValueError as error:
-            raise RemoteZipError(f"{self.url}: {error}") from None
+            raise BadMemberError(f"{self.url}: {error}") from None

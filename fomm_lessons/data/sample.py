@@ -240,6 +240,16 @@ def make_sample_dataset(out, size=64, seed=0, num_frames=24, videos_per_identity
     return out
 
 
+def ensure_sample_dataset(root="../data/generated/sample-64", size=64, **options):
+    """The sample dataset at ``root`` as a Path, made first when it is missing (what chapters call)."""
+    from pathlib import Path
+
+    root = Path(root)
+    if not (root / META_FILE).is_file():
+        make_sample_dataset(root, size=size, **options)
+    return root
+
+
 def load_meta(root):
     """The motion metadata of a sample dataset (``ROOT/meta/sample.json``)."""
     path = os.path.join(os.fspath(root), META_FILE)

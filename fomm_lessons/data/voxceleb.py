@@ -6,7 +6,9 @@ CC BY 4.0, Chung, Nagrani and Zisserman 2018) in the Hugging Face dataset
 requests (:mod:`fomm_lessons.data.remote_zip`). Fallbacks, in order: a full download of
 the same zip when the server ignores ``Range``; a local zip (``--zip``); a folder of
 videos (``--videos``). Frames are centre-cropped to a square and resized; the face
-crop of the original preprocessing is not reproduced.
+crop of the original preprocessing is not reproduced. A clip that fails its CRC or
+does not decode is skipped and listed under ``bad`` in the run manifest (ffmpeg's log
+in ``meta/logs/``); the fetch goes on.
 """
 
 import dataclasses
@@ -20,6 +22,7 @@ import shutil
 import sys
 import tempfile
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -32,7 +35,8 @@ ZIP_PATH_IN_REPO = "vox2/vox2_test_mp4.zip"
 REVISION = "main"
 URL = f"https://huggingface.co/datasets/{DATASET}/resolve/{REVISION}/{ZIP_PATH_IN_REPO}"
 URL_ENV = "FOMM_VOXCELEB_URL"  # overrides URL (tests, mirrors)
-REPO_MANIFEST = pathlib.Path(__file__).resolve().parents[2] / "data" / "voxceleb-manifest.json"
+# Shipped inside the package (a wheel has no data/ folder); maintainers update it in the repository.
+REPO_MANIFEST = pathlib.Path(__file__).resolve().with_name("voxceleb-manifest.json")
 RUN_MANIFEST = "voxceleb-manifest.json"  # under OUT/meta/
 TEST_FRACTION = 0.2  # share of identities held out for the test split
 PNG_LEVEL = 1  # zlib level: 4x faster to write than the default 6, files about 6% larger
@@ -43,6 +47,14 @@ _VOX_PATH = re.compile(r"(?:^|/)(id\d+)/([^/]+)/([^/]+)\.mp4$")
 
 class VoxCelebError(RuntimeError):
     """A clip could not be fetched, decoded or verified; the message names it and why."""
+
+
+class BadClip(VoxCelebError):
+    """One clip's bytes fail their CRC or are not a video: it is skipped, the others go on."""
+
+    def __init__(self, reason, log=None):
+        super().__init__(reason)
+        self.reason, self.log = reason, log
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +84,10 @@ class RemoteZipSource:
         return _clips_from_names(self.zip.members(), lambda member: member.name)
 
     def read(self, clip):
-        return self.zip.read(clip.ref)
+        try:
+            return self.zip.read(clip.ref)
+        except remote_zip.BadMemberError as error:
+            raise BadClip(str(error).removeprefix(f"{self.url}: ")) from None
 
     def describe(self):
         http = self.zip.http
@@ -99,7 +114,9 @@ class LocalZipSource:
     def read(self, clip):
         try:
             return self.zip.read(clip.ref)
-        except (zipfile.BadZipFile, OSError) as error:
+        except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as error:
+            raise BadClip(f"{clip.ref}: {error}") from None  # CRC, deflate data, method, encryption
+        except OSError as error:
             raise VoxCelebError(f"{self.path}: cannot read {clip.ref} ({error})") from None
 
     def describe(self):
@@ -241,12 +258,16 @@ def _is_done(out, split, clip, size):
 
 
 def _load_pinned_hashes(url):
-    """SHA-256 of clips listed in data/voxceleb-manifest.json, when reading the pinned URL."""
-    if url != URL or not REPO_MANIFEST.is_file():
+    """SHA-256 of clips listed in the package's pinned manifest, when reading the pinned URL."""
+    if url != URL:
         return {}
+    if not REPO_MANIFEST.is_file():
+        raise VoxCelebError(f"the pinned manifest {REPO_MANIFEST} is missing: expected it inside the "
+                            "installed fomm_lessons package, so clips cannot be checked; reinstall fomm-lessons")
     manifest = json.loads(REPO_MANIFEST.read_text())
     if manifest.get("revision") != REVISION:
-        return {}
+        raise VoxCelebError(f"{REPO_MANIFEST} pins revision {manifest.get('revision')!r}, "
+                            f"expected {REVISION!r} (fomm_lessons.data.voxceleb.REVISION)")
     return {name: entry["sha256"] for name, entry in manifest.get("clips", {}).items()}
 
 
@@ -268,7 +289,7 @@ def open_source(out, zip_path=None, videos=None, log=print):
         pass
     except remote_zip.RemoteZipError as error:
         raise VoxCelebError(
-            f"{error}\n  (with a copy of the zip use --zip PATH; with videos, --videos DIR)") from None
+            f"{error} (with a copy of the zip use --zip PATH; with videos, --videos DIR)") from None
     log(f"{url} ignores HTTP Range requests: downloading the whole zip to {target}")
     target.parent.mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm
@@ -277,7 +298,7 @@ def open_source(out, zip_path=None, videos=None, log=print):
         try:
             source.zip.http.download(target, progress)
         except remote_zip.RemoteZipError as error:
-            raise VoxCelebError(f"{error}\n  (with a copy of the zip use --zip PATH)") from None
+            raise VoxCelebError(f"{error} (with a copy of the zip use --zip PATH)") from None
     return LocalZipSource(target, kind="http-full-download", url=url)
 
 
@@ -302,23 +323,35 @@ def fetch_subset(out, identities, clips_per_identity, size, seed=0, zip_path=Non
     if getattr(source, "url", None) == URL and REVISION == "main":
         log(f"note: revision 'main' of {DATASET} is not pinned; "
             f"the server reports commit {commit or 'unknown'}")
-    (out / "meta" / "clips").mkdir(parents=True, exist_ok=True)
+    for folder in (out / "meta" / "clips", out / "train", out / "test"):
+        folder.mkdir(parents=True, exist_ok=True)
     _write_json(manifest_path, {"options": options, "source": source.describe(), "clips": []})
-    records, skipped = [], 0
+    records, bad, identities_written, skipped = [], [], {"train": set(), "test": set()}, 0
     jobs = [(split, clip) for split in ("train", "test") for clip in split_clips[split]]
     for split, clip in tqdm(jobs, desc="voxceleb clips", unit="clip"):
         record = _is_done(out, split, clip, size)
-        if record is None:
-            record = _fetch_clip(out, split, clip, size, source, pinned)
-        else:
+        if record is not None:
             skipped += 1
+        else:
+            try:
+                record = _fetch_clip(out, split, clip, size, source, pinned)
+            except BadClip as error:  # this clip only: record it and go on
+                bad.append({"name": clip.name, "split": split, "member": clip.member, "reason": error.reason,
+                            **({"log": str(error.log)} if error.log else {})})
+                continue
         records.append(record)
+        identities_written[split].add(clip.identity)
     manifest = {"options": options, "source": source.describe(), "skipped_as_done": skipped,
-                "splits": {split: sorted({clip.identity for clip in split_clips[split]})
-                           for split in ("train", "test")},
-                "clips": records}
+                "splits": {split: sorted(identities_written[split]) for split in ("train", "test")},
+                "clips": records, "bad": bad}
     _write_json(manifest_path, manifest)
     shutil.rmtree(out / "meta" / "tmp", ignore_errors=True)
+    for split in ("train", "test"):
+        if not identities_written[split]:
+            lost = [entry for entry in bad if entry["split"] == split]
+            raise VoxCelebError(f"no usable clip in the {split} split: all {len(lost)} of its chosen clips "
+                                f"were bad (first: {lost[0]['reason']}), listed under 'bad' in {manifest_path}; "
+                                "try another --seed or more --clips-per-identity")
     return manifest
 
 
@@ -340,7 +373,9 @@ def _fetch_clip(out, split, clip, size, source, pinned):
         try:
             frames = square_frames(video.name, size)
         except Exception as error:  # imageio raises several kinds for a bad video
-            raise VoxCelebError(f"cannot decode {clip.member}: {type(error).__name__}: {error}") from None
+            raise _decode_error(out, clip, error) from None
+    log_path = out / "meta" / "logs" / f"{clip.name}.log"
+    log_path.unlink(missing_ok=True)  # the log of an earlier failure on this clip
     folder, partial = out / split / clip.name, out / split / f"{clip.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     write_png_folder(frames, partial)
@@ -352,6 +387,18 @@ def _fetch_clip(out, split, clip, size, source, pinned):
     return record
 
 
+def _decode_error(out, clip, error):
+    """A :class:`BadClip` with one line of reason; ffmpeg's whole log goes to ``meta/logs``."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reason = f"cannot decode {clip.member}: {type(error).__name__}: {lines[0] if lines else ''}"
+    if len(lines) > 1:
+        reason += f" (ffmpeg: {lines[-1]})"
+    log_path = out / "meta" / "logs" / f"{clip.name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_text(f"{clip.member}: {type(error).__name__}\n{error}\n")
+    return BadClip(reason, log_path)
+
+
 def _write_json(path, value):
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(value, indent=1) + "\n")
@@ -359,7 +406,7 @@ def _write_json(path, value):
 
 
 def update_repo_manifest(out, manifest_path=None):
-    """Add the clips of a run from the pinned URL to data/voxceleb-manifest.json (maintainers)."""
+    """Add the clips of a run from the pinned URL to the pinned manifest, REPO_MANIFEST (maintainers)."""
     manifest_path = pathlib.Path(manifest_path or REPO_MANIFEST)
     run = json.loads((pathlib.Path(out) / "meta" / RUN_MANIFEST).read_text())
     pinned = json.loads(manifest_path.read_text())
@@ -393,8 +440,11 @@ def main(args):
         return 2
     counts = {split: sum(record["split"] == split for record in manifest["clips"])
               for split in ("train", "test")}
+    bad = len(manifest["bad"])
+    skipped_bad = (f"; {bad} bad clip{'s' * (bad != 1)} skipped, listed under 'bad' in the manifest"
+                   if bad else "")
     print(f"wrote {counts['train']} train and {counts['test']} test clips to {args.out} "
-          f"({manifest['skipped_as_done']} already done); "
+          f"({manifest['skipped_as_done']} already done{skipped_bad}); "
           f"manifest: {pathlib.Path(args.out) / 'meta' / RUN_MANIFEST}")
     return 0
 
@@ -402,5 +452,5 @@ def main(args):
 if __name__ == "__main__":  # python -m fomm_lessons.data.voxceleb record OUT
     if len(sys.argv) != 3 or sys.argv[1] != "record":
         sys.exit("usage: python -m fomm_lessons.data.voxceleb record OUT\n"
-                 "  adds the clips of OUT (fetched from the pinned URL) to data/voxceleb-manifest.json")
+                 "  adds the clips of OUT (fetched from the pinned URL) to fomm_lessons/data/voxceleb-manifest.json")
     print(f"{len(update_repo_manifest(sys.argv[2])['clips'])} clips in {REPO_MANIFEST}")

@@ -1,0 +1,197 @@
+"""One file from a list of mirrors into a cache folder: streamed, resumed, checked, bad copies set aside.
+
+:func:`fetch_file` tries each :class:`Source` in order. A transfer streams to
+``TARGET.part`` with a progress bar and, after a dropped connection, resumes
+with an HTTP ``Range`` request (:class:`fomm_lessons.data.remote_zip.HttpFile`);
+a part left by an earlier run resumes too, when the server reports the same
+size (``TARGET.part.json`` records it). A finished file is checked by its first
+bytes, size, sha256 and md5, as far as they are known; one that fails is
+renamed to ``TARGET.rejected-N`` (never used, never deleted) and the next
+mirror is tried. When every mirror fails, :class:`DownloadError` names each URL
+and why.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import socket
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+__all__ = ["Source", "DownloadError", "fetch_file", "check_file", "file_digest", "move_aside"]
+
+RETRIES = 2  # failures in a row without progress on one URL before the next URL
+BACKOFF_S = 0.5  # first wait between retries; doubles
+TIMEOUT_S = 30.0
+USER_AGENT = "fomm-lessons/0.1 (model download; Python urllib)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One place a file is published: the file itself, or an API that answers with a link to it."""
+
+    url: str
+    kind: str = "file"  # "file": the URL serves the file; "yandex": JSON whose "href" serves it
+    publisher: str = ""
+    md5: str = None  # a checksum this mirror publishes for its copy
+
+
+class DownloadError(OSError):
+    """No source gave a good copy; the message names each URL tried and why."""
+
+    untruncated = True  # every URL in the message matters: the command line prints it whole
+
+
+def file_digest(path, algorithms=("sha256",)):
+    """``(size in bytes, {algorithm: hex digest})`` of a file, read in 1 MiB blocks."""
+    hashes = {name: hashlib.new(name) for name in algorithms}
+    size = 0
+    with open(path, "rb") as file:
+        while block := file.read(1 << 20):
+            size += len(block)
+            for digest in hashes.values():
+                digest.update(block)
+    return size, {name: digest.hexdigest() for name, digest in hashes.items()}
+
+
+def check_file(path, size=None, sha256=None, md5=None, magic=()):
+    """``(problem, sha256)``: why ``path`` is not the expected file (None when it is), and its sha256.
+
+    ``magic``: byte strings one of which the file must start with (a web page
+    served instead of the file fails here); unknown values are not checked.
+    """
+    with open(path, "rb") as file:
+        head = file.read(16)
+    if magic and not head.startswith(tuple(magic)):
+        return f"not the expected kind of file (it starts with {head[:8]!r})", None
+    got_size, digests = file_digest(path, ("sha256", "md5"))
+    if size is not None and got_size != size:
+        return f"{got_size} bytes, expected {size}", digests["sha256"]
+    if sha256 is not None and digests["sha256"] != sha256:
+        return f"sha256 {digests['sha256']}, expected {sha256}", digests["sha256"]
+    if md5 is not None and digests["md5"] != md5:
+        return f"md5 {digests['md5']}, expected {md5}", digests["sha256"]
+    return None, digests["sha256"]
+
+
+def move_aside(path):
+    """Rename a file that failed its checks to ``PATH.rejected-N``; returns the new path."""
+    number = 1
+    while Path(f"{path}.rejected-{number}").exists():
+        number += 1
+    aside = Path(f"{path}.rejected-{number}")
+    os.replace(path, aside)
+    return aside
+
+
+def _read_json(path):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _reason(error, url):
+    """A few words for why ``url`` failed: "HTTP 404 Not Found", "Connection refused"."""
+    if isinstance(error, urllib.error.HTTPError):
+        return f"HTTP {error.code} {error.reason}"
+    if isinstance(error, urllib.error.URLError):
+        error = error.reason
+    text = " ".join(str(error).split()) or type(error).__name__
+    text = text[len(url) + 2:] if text.startswith(f"{url}: ") else text
+    text = re.sub(r"^gave up after \d+ retries while [^:]*: ", "", text)  # HttpFile's wording
+    text = re.sub(r"^(?:URLError: )?<urlopen error (.*)>$", r"\1", text)
+    text = re.sub(r"^\[Errno -?\d+\] ", "", text)
+    return re.sub(r" while [a-z ]+$", "", text)
+
+
+def _check_host(url):
+    """Fail at once, without retries, when the host has no address (offline) and no proxy is set."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname and parts.scheme not in urllib.request.getproxies():
+        socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
+
+
+def _direct_url(source):
+    """The URL that serves the file itself (a "yandex" source asks its API for it first)."""
+    _check_host(source.url)
+    if source.kind == "file":
+        return source.url
+    if source.kind != "yandex":
+        raise ValueError(f"unknown source kind {source.kind!r}; expected 'file' or 'yandex'")
+    request = urllib.request.Request(source.url, headers={"User-Agent": USER_AGENT, "Accept": "application/json"})
+    with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+        answer = json.loads(response.read(1 << 16))
+    if not isinstance(answer, dict) or not answer.get("href"):
+        raise ValueError(f"the API answered without a download link: {str(answer)[:100]}")
+    return answer["href"]
+
+
+def _transfer(source, target, expected_size, label, progress):
+    """Stream ``source`` to ``target`` through ``target.part``, resuming a part of the same size."""
+    from tqdm.auto import tqdm
+
+    from fomm_lessons.data.remote_zip import HttpFile
+
+    url = _direct_url(source)
+    _check_host(url)
+    http = HttpFile(url, retries=RETRIES, timeout=TIMEOUT_S, backoff=BACKOFF_S)
+    size = http.probe()  # one small request: a dead link fails here, before any byte is written
+    if expected_size is not None and size is not None and size != expected_size:
+        raise ValueError(f"serves {size} bytes, expected {expected_size}")
+    part, record = Path(f"{target}.part"), Path(f"{target}.part.json")
+    if part.exists():
+        previous = _read_json(record)
+        if previous is None:  # not a part this program started: keep it, out of the way
+            move_aside(part)
+        elif size is None or previous.get("size") != size or part.stat().st_size > size:
+            part.unlink()  # our own part of another file: start again
+        elif part.stat().st_size == size:  # complete, stopped before its rename
+            os.replace(part, target)
+            record.unlink()
+            return
+    record.write_text(json.dumps({"size": size, "url": source.url}) + "\n", encoding="utf-8")
+    with tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=label, disable=not progress,
+              leave=False) as bar:
+        http.download(str(target), progress=bar)
+    record.unlink(missing_ok=True)
+
+
+def fetch_file(target, sources, size=None, sha256=None, magic=(), progress=True, label=None):
+    """Make ``target`` a checked copy of the file the ``sources`` publish; returns its sha256.
+
+    An existing ``target`` that passes the checks is kept (no request is made).
+    Without a recorded ``sha256`` the file is unverified: its sha256 is printed
+    so that it can be recorded. Raises :class:`DownloadError` when no source
+    gives a good copy; a partial download is kept to resume.
+    """
+    target = Path(target)
+    label = label or target.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tried = []
+    if target.exists():
+        problem, digest = check_file(target, size, sha256, magic=magic)
+        if problem is None:
+            return digest
+        tried.append(f"{target} ({problem}; moved to {move_aside(target).name})")
+    for source in sources:
+        try:
+            _transfer(source, target, size, label, progress)
+        except (OSError, ValueError) as error:  # urllib and HttpFile raise OSErrors; a bad answer ValueError
+            tried.append(f"{source.url} ({_reason(error, source.url)})")
+            continue
+        problem, digest = check_file(target, size, sha256, source.md5, magic)
+        if problem is None:
+            if sha256 is None:
+                print(f"fomm-lessons: {label}: downloaded from {source.url}, {target.stat().st_size} bytes, "
+                      f"sha256 {digest} (no sha256 is recorded for it: unverified)", file=sys.stderr)
+            return digest
+        tried.append(f"{source.url} ({problem}; moved to {move_aside(target).name})")
+    part = Path(f"{target}.part")
+    kept = f" The partial download {part} is kept and resumes next time." if part.exists() else ""
+    raise DownloadError(f"could not fetch {label}; tried {'; '.join(tried) or 'no URL'}.{kept}")

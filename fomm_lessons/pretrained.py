@@ -1,0 +1,423 @@
+"""Trained models by name, the way ``keras.applications`` and ``torchvision`` offer them.
+
+:func:`names` lists the models this package knows, :func:`info` describes one
+(its config, where its weights come from, their size and sha256, licence,
+training data and measured quality) and :func:`load` returns ``(models,
+config)``: the networks of :func:`fomm_lessons.checkpoint.build_models` with
+their weights (``models.discriminator`` is None when none ships) and the FOMM
+config dict they were built from. Where a name is accepted, a path (a
+``.pth.tar``, a weights folder, a training run folder) is accepted too, with
+its config.
+
+Two kinds of weights:
+
+* **shipped** in the package, ``fomm_lessons/weights/NAME/``: Keras weight
+  files, ``digests.json`` (size and sha256 of each, checked at every load),
+  ``MODEL_CARD.md``, ``quality.json`` and the training run's ``log.csv``. To
+  replace them, copy the new ``*.weights.h5`` files in and run
+  ``python -m fomm_lessons.pretrained --update-digests NAME``.
+* **published** ``.pth.tar`` files of the original authors, fetched into the
+  cache (``$FOMM_LESSONS_CACHE``, default ``~/.cache/fomm-lessons``) from the
+  entry's URLs in order by :func:`fomm_lessons.download.fetch_file`: streamed
+  with a progress bar, resumed with HTTP Range after an interruption, checked
+  by size and sha256 where recorded (else printed: unverified), read with
+  the torch-free reader when PyTorch is absent, and converted once to Keras
+  weights in the cache (``NAME/keras/``), so that a second :func:`load` only
+  reads those.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import urllib.parse
+from pathlib import Path
+
+from fomm_lessons.download import DownloadError, Source, check_file, fetch_file, file_digest, move_aside
+
+__all__ = ["Entry", "Source", "DownloadError", "names", "info", "load", "fetch", "resolve",
+           "register", "unregister", "cache_dir", "update_digests", "verify_shipped"]
+
+CACHE_ENV = "FOMM_LESSONS_CACHE"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DIGESTS_FILE, QUALITY_FILE, CARD_FILE = "digests.json", "quality.json", "MODEL_CARD.md"
+CONVERTED_MARKER = "converted.json"  # written last in NAME/keras/: the conversion is complete
+UPDATE_HINT = "python -m fomm_lessons.pretrained --update-digests {name}"
+# A torch.save file starts as a zip (torch >= 1.6) or as a protocol-2 pickle (the legacy layout).
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80\x02")
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """A model by name: shipped Keras weights (``shipped``) or a published file (``sources``)."""
+
+    name: str
+    config: str  # a built-in config name or a YAML path
+    summary: str
+    trained_on: str
+    licence: str
+    shipped: str = None  # folder under fomm_lessons/weights/
+    sources: tuple = ()  # Source, tried in order
+    filename: str = None  # of the published file, in the cache
+    size: int = None  # bytes of the published file, once known
+    sha256: str = None  # of the published file, once known; None: unverified
+    quality: dict = None  # measured quality of a published model (shipped ones: quality.json)
+
+
+def _yandex(public_key, path):
+    """The Yandex Disk API call that answers with a download link for ``path`` in a public folder."""
+    query = urllib.parse.urlencode({"public_key": public_key, "path": path})
+    return f"https://cloud-api.yandex.net/v1/disk/public/resources/download?{query}"
+
+
+# Where the published checkpoints are (from the READMEs and scripts of public repositories; links
+# die, so every known one is listed, the authors' own first):
+# * The authors' README (AliaksandrSiarohin/first-order-model) links a Google Drive folder,
+#   drive.google.com/open?id=1PyQJmkdCsAkOYwUyaj_l-l0as-iLDgeH, and a Yandex Disk folder,
+#   yadi.sk/d/lEw8uRm140L_eQ. Drive folders cannot be listed without an API key, so only the
+#   Yandex folder is tried (its public API gives a direct link to one file of the folder).
+# * graphemecluster/first-order-model-demo, whose Colab demo the authors' README points to,
+#   mirrors both files as assets of its GitHub release "checkpoints".
+# * Avatarify (alievk/avatarify-python) mirrors vox-adv-cpk.pth.tar on S3 and Google Drive and
+#   publishes its md5, 8a45a24037871c045fbb8a6a8aa95ebc (228 MB), checked for those copies only.
+# No sha256 has been published; until one is recorded here the entries are unverified, and a
+# download prints the sha256 it computed.
+_AUTHORS_YANDEX = "https://yadi.sk/d/lEw8uRm140L_eQ"
+_DEMO_RELEASE = "https://github.com/graphemecluster/first-order-model-demo/releases/download/checkpoints"
+_AVATARIFY_MD5 = "8a45a24037871c045fbb8a6a8aa95ebc"
+_VOX_TRAINED_ON = ("VoxCeleb1 (Nagrani, Chung and Zisserman 2017): face videos from YouTube interviews, "
+                   "cropped to 256x256 by the authors' video-preprocessing")
+_VOX_LICENCE = ("published by the FOMM authors beside their code (CC BY-NC 4.0 until 2023, MIT since), "
+                "with no separate licence stated for the weights; the training videos come from YouTube")
+_VOX_QUALITY = {"note": "not measured here: it needs the VoxCeleb test set (fomm-lessons reconstruct)"}
+
+_REGISTRY = {}
+
+
+def register(entry, replace=False):
+    """Add ``entry`` to the names :func:`load` knows (tests and mirrors add their own); returns it."""
+    if entry.name in _REGISTRY and not replace:
+        raise ValueError(f"a model named {entry.name!r} is already registered (pass replace=True)")
+    if bool(entry.shipped) == bool(entry.sources):
+        raise ValueError(f"model {entry.name!r}: expected either shipped weights or sources, not both or none")
+    if entry.sources and not entry.filename:
+        raise ValueError(f"model {entry.name!r}: a downloaded model needs a filename")
+    _REGISTRY[entry.name] = entry
+    return entry
+
+
+def unregister(name):
+    """Remove a name added with :func:`register`; returns its entry."""
+    return _REGISTRY.pop(_entry(name).name)
+
+
+register(Entry(
+    "sample-64", config="sample-64", shipped="sample-64",
+    summary="the cpu-64 networks trained by this project on the offline sample faces, 64x64",
+    trained_on=("the offline sample set with the 'extended' identities: 8 training images from scikit-image "
+                "and matplotlib sample data moved by known motions, the unseen test face grace_hopper "
+                "(fomm-lessons data sample --size 64 --identities extended --seed 0)"),
+    licence="MIT (this project); the training photographs are public domain or CC0 "
+            "(fomm_lessons.data.sample.SOURCES)"))
+register(Entry(
+    "vox-256", config="vox-256", filename="vox-cpk.pth.tar",
+    summary="the authors' published VoxCeleb model without the adversarial loss (vox-cpk.pth.tar), 256x256",
+    trained_on=_VOX_TRAINED_ON, licence=_VOX_LICENCE, quality=_VOX_QUALITY,
+    sources=(Source(_yandex(_AUTHORS_YANDEX, "/vox-cpk.pth.tar"), "yandex", "the authors (Yandex Disk)"),
+             Source(f"{_DEMO_RELEASE}/vox-cpk.pth.tar", publisher="graphemecluster/first-order-model-demo"))))
+register(Entry(
+    "vox-adv-256", config="vox-adv-256", filename="vox-adv-cpk.pth.tar",
+    summary="the authors' published VoxCeleb model with the adversarial loss (vox-adv-cpk.pth.tar), 256x256",
+    trained_on=_VOX_TRAINED_ON, licence=_VOX_LICENCE, quality=_VOX_QUALITY,
+    sources=(Source(_yandex(_AUTHORS_YANDEX, "/vox-adv-cpk.pth.tar"), "yandex", "the authors (Yandex Disk)"),
+             Source(f"{_DEMO_RELEASE}/vox-adv-cpk.pth.tar", publisher="graphemecluster/first-order-model-demo"),
+             Source("https://openavatarify.s3.amazonaws.com/weights/vox-adv-cpk.pth.tar",
+                    publisher="avatarify (S3)", md5=_AVATARIFY_MD5),
+             Source("https://openavatarify.s3-avatarify.com/weights/vox-adv-cpk.pth.tar",
+                    publisher="avatarify (S3)", md5=_AVATARIFY_MD5),
+             Source("https://drive.usercontent.google.com/download?id=1coUCdyRXDbpWnEkA99NLNY60mb9dQ_n3"
+                    "&export=download&confirm=t", publisher="avatarify (Google Drive)", md5=_AVATARIFY_MD5))))
+
+
+def names():
+    """The model names :func:`load` accepts."""
+    return list(_REGISTRY)
+
+
+def _entry(name):
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; expected one of {names()}")
+    return _REGISTRY[name]
+
+
+# ---------------------------------------------------------------------------
+# files, digests, the cache
+# ---------------------------------------------------------------------------
+
+def _read_json(path, default):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return default
+
+
+def _write_json(path, value):
+    """Write ``value`` as JSON through a temporary file, so a reader never sees half of it."""
+    partial = Path(f"{path}.tmp")
+    partial.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+
+
+def cache_dir():
+    """``$FOMM_LESSONS_CACHE``, or ``~/.cache/fomm-lessons``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "fomm-lessons").expanduser()
+
+
+def shipped_folder(name):
+    """The package folder of a shipped model's files."""
+    entry = _entry(name)
+    if not entry.shipped:
+        raise ValueError(f"{name} is downloaded ({entry.filename}), not shipped in the package; "
+                         f"expected one of {[n for n, e in _REGISTRY.items() if e.shipped]}")
+    return WEIGHTS_DIR / entry.shipped
+
+
+def training_log(name):
+    """Path of the ``log.csv`` (one row per epoch) of a shipped model's training run."""
+    path = shipped_folder(name) / "log.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{name} ships no training log: {path} is missing")
+    return path
+
+
+def update_digests(name):
+    """Record size and sha256 of every ``*.weights.h5`` of a shipped model in its ``digests.json``.
+
+    The one step after replacing shipped weights; returns the new ``{file: {size, sha256}}``.
+    """
+    folder = shipped_folder(name)
+    files = {}
+    for path in sorted(folder.glob("*.weights.h5")):
+        size, digests = file_digest(path)
+        files[path.name] = {"size": size, "sha256": digests["sha256"]}
+    if not files:
+        raise FileNotFoundError(f"no *.weights.h5 files in {folder}")
+    _write_json(folder / DIGESTS_FILE, {"files": files})
+    return files
+
+
+def verify_shipped(name):
+    """The folder of a shipped model after checking each weight file's size and sha256 (ValueError if off)."""
+    folder = shipped_folder(name)
+    hint = f"if you replaced the weights on purpose, run `{UPDATE_HINT.format(name=name)}`"
+    recorded = _read_json(folder / DIGESTS_FILE, {}).get("files")
+    if not recorded:
+        raise ValueError(f"{folder / DIGESTS_FILE} is missing or lists no files; {hint}")
+    present = sorted(path.name for path in folder.glob("*.weights.h5"))
+    if present != sorted(recorded):
+        raise ValueError(f"{folder} holds {present}, but {DIGESTS_FILE} lists {sorted(recorded)}; {hint}")
+    for filename, want in recorded.items():
+        size, digests = file_digest(folder / filename)
+        if (size, digests["sha256"]) != (want["size"], want["sha256"]):
+            raise ValueError(f"{folder / filename}: {size} bytes with sha256 {digests['sha256']}, expected "
+                             f"{want['size']} bytes with sha256 {want['sha256']} ({DIGESTS_FILE}); {hint}")
+    return folder
+
+
+def info(name):
+    """A dict describing model ``name``: config, weights (where, size, sha256, verified), licence, quality."""
+    entry = _entry(name)
+    out = {"name": entry.name, "kind": "shipped" if entry.shipped else "download", "config": entry.config,
+           "summary": entry.summary, "trained_on": entry.trained_on, "licence": entry.licence}
+    if entry.shipped:
+        folder = shipped_folder(name)
+        files = _read_json(folder / DIGESTS_FILE, {}).get("files", {})
+        card = folder / CARD_FILE
+        out.update(folder=str(folder), files=files, size=sum(f["size"] for f in files.values()),
+                   verified=bool(files), card=str(card) if card.exists() else None,
+                   quality=_read_json(folder / QUALITY_FILE, {}))
+        return out
+    folder = cache_dir() / entry.name
+    out.update(filename=entry.filename, size=entry.size, sha256=entry.sha256, verified=entry.sha256 is not None,
+               sources=[dict(url=s.url, kind=s.kind, publisher=s.publisher, md5=s.md5) for s in entry.sources],
+               cache=str(folder), converted=(folder / "keras" / CONVERTED_MARKER).exists(),
+               quality=dict(entry.quality or {}))
+    if entry.sha256 is None:
+        out["note"] = ("unverified: the registry records no sha256 for this file yet, so any file that reads as "
+                       "a checkpoint of this config is accepted; a download prints the sha256 it computed")
+    return out
+
+
+# ---------------------------------------------------------------------------
+# published files in the cache
+# ---------------------------------------------------------------------------
+
+def _fetch(entry, checkpoint=None, progress=True):
+    """``(path, sha256)`` of a checked copy of a published entry's file (see :func:`fetch`)."""
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"--checkpoint {path}: no such file (expected {entry.filename} of {entry.name})")
+        problem, sha256 = check_file(path, entry.size, entry.sha256, magic=_TORCH_MAGIC)
+        if problem is not None:
+            raise ValueError(f"{path} is not {entry.filename} of {entry.name}: {problem}")
+        if entry.sha256 is None:
+            print(f"fomm-lessons: {entry.name}: {path} has sha256 {sha256} (no sha256 is recorded for "
+                  f"{entry.filename}: unverified)", file=sys.stderr)
+        return path, sha256
+    target = cache_dir() / entry.name / entry.filename
+    try:
+        sha256 = fetch_file(target, entry.sources, entry.size, entry.sha256, _TORCH_MAGIC, progress,
+                            label=f"{entry.name} ({entry.filename})")
+    except DownloadError as error:
+        raise DownloadError(
+            f"{error} If you have {entry.filename}, pass it with --checkpoint PATH --config {entry.config}, "
+            f"or convert it into the cache with `fomm-lessons models fetch {entry.name} --checkpoint PATH`"
+        ) from None
+    return target, sha256
+
+
+def fetch(name, checkpoint=None, progress=True):
+    """The path of a checked copy of a published model's ``.pth.tar``: in the cache, else downloaded.
+
+    ``checkpoint``: a file you already have, checked (never changed) and used instead.
+    A file that fails its checks is renamed aside and the next URL is tried.
+    """
+    entry = _entry(name)
+    if entry.shipped:
+        raise ValueError(f"{name} ships Keras weights in {shipped_folder(name)}; there is no .pth.tar to fetch")
+    return _fetch(entry, checkpoint, progress)[0]
+
+
+def converted_folder(name, checkpoint=None, progress=True):
+    """The cache folder of a published model in Keras weight files, converted on first use."""
+    from fomm_lessons.checkpoint import load_checkpoint, save_models
+    from fomm_lessons.config import load_config
+
+    entry = _entry(name)
+    folder = cache_dir() / entry.name / "keras"
+    marker = folder / CONVERTED_MARKER
+    done = _read_json(marker, None)
+    if checkpoint is None and done and entry.sha256 in (None, done.get("sha256")):
+        return folder
+    path, sha256 = _fetch(entry, checkpoint, progress)
+    print(f"fomm-lessons: converting {path} to Keras weights in {folder} (once)", file=sys.stderr)
+    config = load_config(entry.config)
+    try:
+        models = load_checkpoint(path, config["model_params"], f"the config {entry.config}")
+    except ValueError as error:
+        if checkpoint is not None:  # the caller's own file: never moved
+            raise
+        raise ValueError(f"{error}; the download is moved to {move_aside(path)}") from None
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)
+    save_models(models, folder)
+    _write_json(marker, {"name": entry.name, "config": entry.config, "from": str(path), "sha256": sha256})
+    return folder
+
+
+# ---------------------------------------------------------------------------
+# names and paths -> networks
+# ---------------------------------------------------------------------------
+
+def resolve(checkpoint, config=None, kind="weights", progress=True):
+    """``(path, config)`` for a checkpoint given as a path (with its ``config``) or as a model name.
+
+    ``kind="weights"``: a name gives a folder of Keras weight files (shipped, or
+    converted in the cache); ``kind="torch"``: the published ``.pth.tar``. A
+    name's config is the entry's unless ``config`` is given. An existing path
+    wins over a name, as a config file wins over a built-in config's name.
+    """
+    text = os.fspath(checkpoint)
+    if os.path.exists(text):
+        if config is None:
+            raise ValueError(f"the checkpoint path {text} needs its config (--config): only a model name "
+                             f"brings its own ({', '.join(names())})")
+        return text, config
+    if text not in _REGISTRY:
+        raise FileNotFoundError(f"no checkpoint {text!r}: it is not a file or folder, and not a model name "
+                                f"(expected a path or one of {names()})")
+    entry = _REGISTRY[text]
+    config = entry.config if config is None else config
+    if entry.shipped:
+        if kind == "torch":
+            raise ValueError(f"{text} ships Keras weights, not a .pth.tar, so there is nothing to convert: "
+                             f"pass --checkpoint {text} to the other commands")
+        return str(verify_shipped(text)), config
+    if kind == "torch":
+        return str(fetch(text, progress=progress)), config
+    return str(converted_folder(text, progress=progress)), config
+
+
+def load(name, config=None, progress=True):
+    """``(models, config)``: the networks of model ``name`` with their weights, and their FOMM config dict.
+
+    ``name`` is one of :func:`names` or a path (``.pth.tar``, weights folder or
+    training run folder), which then needs ``config`` (a built-in name, a YAML
+    path or a config dict). ``models.discriminator`` is None when no
+    discriminator weights exist.
+    """
+    from fomm_lessons.checkpoint import load_checkpoint
+    from fomm_lessons.config import load_config, validate_config
+
+    path, config = resolve(name, config, "weights", progress)
+    if isinstance(config, dict):
+        config, label = validate_config(config), "the given config"
+    else:
+        config, label = load_config(config), f"the config {config}"
+    return load_checkpoint(path, config["model_params"], label), config
+
+
+# ---------------------------------------------------------------------------
+# command lines
+# ---------------------------------------------------------------------------
+
+def _size_text(size):
+    return "?" if size is None else f"{size / 2 ** 20:.1f} MiB"
+
+
+def models_main(args):
+    """``fomm-lessons models list | info NAME | fetch NAME [--checkpoint PATH]``."""
+    if args.models_command == "list":
+        print(f"{'NAME':<14}{'KIND':<10}{'CONFIG':<13}{'SIZE':<11}{'SHA256':<12}READY")
+        for name in names():
+            entry = info(name)
+            ready = "shipped" if entry["kind"] == "shipped" else ("converted" if entry["converted"] else "no")
+            print(f"{name:<14}{entry['kind']:<10}{entry['config']:<13}{_size_text(entry['size']):<11}"
+                  f"{'verified' if entry['verified'] else 'unverified':<12}{ready}")
+        return 0
+    if args.models_command == "info":
+        print(json.dumps(info(args.name), indent=2))
+        return 0
+    entry = _entry(args.name)
+    if entry.shipped:
+        if args.checkpoint is not None:
+            raise ValueError(f"{args.name} ships its weights; --checkpoint is only for downloaded models")
+        print(verify_shipped(args.name))
+    else:
+        print(converted_folder(args.name, args.checkpoint))
+    return 0
+
+
+def main(argv=None):
+    """``python -m fomm_lessons.pretrained --update-digests NAME`` (after replacing shipped weights)."""
+    parser = argparse.ArgumentParser(prog="python -m fomm_lessons.pretrained", description=main.__doc__)
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--update-digests", metavar="NAME", help="record size and sha256 of the shipped files")
+    action.add_argument("--verify", metavar="NAME", help="check the shipped files against digests.json")
+    args = parser.parse_args(argv)
+    try:
+        if args.update_digests:
+            for filename, digest in update_digests(args.update_digests).items():
+                print(f"{filename}: {digest['size']} bytes, sha256 {digest['sha256']}")
+        else:
+            print(f"{verify_shipped(args.verify)}: every file matches {DIGESTS_FILE}")
+    except (OSError, ValueError) as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
