@@ -8,13 +8,16 @@ own scripts; a failed request to 127.0.0.1; a request to another host that is
 not in EXTERNAL (those fail here by design, so each must be one the page reads
 fine without); an image or video that does not load; raw TeX left in the
 visible text after MathJax ran; no title; a code cell wider than its column at
-1280 px; a solution that shows before it is clicked or stays hidden after. Each
-chapter needs a figure. The search page must find "Jacobian". A full-page
-screenshot of every page and a report (report.json: external requests, the
-code column measured) go to FOMM_BROWSER_OUT (default _build/browser/).
+1280 px; a solution that shows before it is clicked or stays hidden after; an
+animation that does not play once it is on screen. Each chapter needs a figure.
+The search page must find "Jacobian", with its quoted maths typeset. A
+full-page screenshot of every page and a report (report.json: external
+requests, the code column measured) go to FOMM_BROWSER_OUT (default
+_build/browser/); FOMM_BOOK_HTML points the test at a build that exists already.
 
 Chromium and Playwright are installed by `make test` (Makefile `browser`
-target); without them this test skips, except under CI, where it fails.
+target, the `test` extra); without them, or without Jupyter Book, this test
+skips, except under CI, where it fails.
 """
 
 import functools
@@ -153,9 +156,14 @@ SOLUTIONS = """async () => {
 }"""
 
 
+JUPYTER_BOOK = Path(sys.executable).parent / "jupyter-book"
+
+
 def _browser_or_skip():
     """(sync_playwright, chromium path), or a skip (a failure under CI) saying what is missing."""
     missing = []
+    if not JUPYTER_BOOK.exists() and not os.environ.get("FOMM_BOOK_HTML"):
+        missing.append(f"Jupyter Book at {JUPYTER_BOOK} (the `book` extra)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -177,12 +185,13 @@ def site(tmp_path_factory):
 
     FOMM_BOOK_HTML names an html folder built already, to look at it again without a build.
     """
+    _browser_or_skip()  # before the build, which takes a while
     if os.environ.get("FOMM_BOOK_HTML"):
         html = Path(os.environ["FOMM_BOOK_HTML"])
     else:
         out = tmp_path_factory.mktemp("book")
         result = subprocess.run(
-            [str(Path(sys.executable).parent / "jupyter-book"), "build", str(ROOT), "--path-output", str(out),
+            [str(JUPYTER_BOOK), "build", str(ROOT), "--path-output", str(out),
              "--warningiserror", "--keep-going"], capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
         html = out / "_build" / "html"
