@@ -247,3 +247,26 @@ def test_animate_crop_crops_the_source_and_the_driving_video(clip, scan, cpu64_m
     status, _, err = run(base + ["--source", cat, "--out", tmp_path / "cat.gif", "--crop"], capsys)
     assert status == 2 and len(err.strip().splitlines()) == 1
     assert "no face found in" in err and "cat.png" in err and "--source-box x,y,w,h" in err
+
+
+def test_voxceleb_crop_cuts_each_clip_by_its_face_track(clip, scan, tmp_path, capsys):
+    import shutil
+
+    from fomm_lessons.data import voxceleb
+
+    for identity in ("id00001", "id00002"):
+        (tmp_path / "videos" / identity / "yt").mkdir(parents=True)
+        shutil.copy(clip[0], tmp_path / "videos" / identity / "yt" / "00001.mp4")
+    argv = ["data", "voxceleb", "--out", tmp_path / "vox", "--videos", tmp_path / "videos", "--identities", 2,
+            "--clips-per-identity", 1, "--size", 32]
+    status, _, err = run(argv + ["--crop"], capsys)
+    assert status == 0, err
+    (folder,) = (tmp_path / "vox" / "train").iterdir()
+    got = read_video(folder)  # (36, 32, 32, 3)
+    x, y, w, h = crop.stable_box(max(crop.track_faces(scan[0]), key=lambda tr: len(tr["boxes"]))["boxes"], scan[1])
+    expected = [np.asarray(Image.fromarray(np.round(f * 255).astype(np.uint8)).crop((x, y, x + w, y + h))
+                           .resize((32, 32), Image.Resampling.LANCZOS)) / 255.0 for f in read_video(clip[0])]
+    np.testing.assert_allclose(got, np.stack(expected), atol=1 / 255 + 1e-6)
+    assert json.loads((tmp_path / "vox" / "meta" / voxceleb.RUN_MANIFEST).read_text())["options"]["crop"] is True
+    status, _, err = run(argv, capsys)  # the same folder without --crop: other options
+    assert status == 2 and "already holds a subset" in err
