@@ -190,7 +190,7 @@ def iter_frames(path, frame_shape=None, box=None, chunk=CHUNK):
     """The frames of a video as chunks of float32 (n, H, W, 3) in [0, 1], cropped to ``box``
     (x, y, w, h in the stored pixels) and resized to ``frame_shape`` (H, W[, 3]).
 
-    Raises :class:`VideoError` for an unreadable video, one without frames, or
+    Raises :class:`~fomm_lessons.data.frames.VideoError` for an unreadable video, one without frames, or
     one whose frames differ in size.
     """
     path = os.fspath(path)
