@@ -17,6 +17,7 @@ import weakref
 import numpy as np
 
 from fomm_lessons.checkpoint import load_checkpoint  # noqa: F401  (used by main; part of this module's API)
+
 # Frames per network call. vox-256 at 256x256 on a 2-core CPU: about 1.7 frames/s with 1, 4 or 8;
 # larger batches pay off on a GPU.
 BATCH_SIZE = 4
