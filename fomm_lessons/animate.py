@@ -3,25 +3,20 @@
 The driving keypoints are detected for all frames in batches, made relative to
 one initial driving frame (:func:`normalize_kp`, Sec. 3.4 "relative motion
 transfer") and fed with the source keypoints to the generator, again in
-batches. ``fomm-lessons animate`` calls :func:`main`; videos come in and go out
-as ``.mp4`` (the ``ffmpeg`` of imageio-ffmpeg), ``.gif`` or PNG folders, at the
-driving video's frame rate and, when asked, with its audio.
+batches. Only the keypoints of a driving video are kept for all its frames
+(K x 6 numbers a frame): frames are read, and the animation written, a chunk
+at a time (:mod:`fomm_lessons.data.stream`), so a 10-minute video takes the
+memory of a few seconds of it. ``fomm-lessons animate`` calls :func:`main`;
+frame rates, audio and output paths are :mod:`fomm_lessons.data.media`'s.
 """
 
-import os
-import re
-import subprocess
 import sys
-import tempfile
 import warnings
 import weakref
 
 import numpy as np
 
 from fomm_lessons.checkpoint import load_checkpoint  # noqa: F401  (used by main; part of this module's API)
-
-DEFAULT_FPS = 25.0
-OUTPUT_SUFFIXES = (".mp4", ".mov", ".gif")
 # Frames per network call. vox-256 at 256x256 on a 2-core CPU: about 1.7 frames/s with 1, 4 or 8;
 # larger batches pay off on a GPU.
 BATCH_SIZE = 4
@@ -101,6 +96,9 @@ def find_best_frame(source_image, driving_frames, models=None, landmarks="auto",
                     kp_driving=None):
     """Index of the driving frame whose normalised landmarks are closest to the source's (the original demo).
 
+    ``driving_frames``: (T, H, W, 3), or any iterable of frames (read once,
+    and only when the landmarks are not the model's keypoints ``kp_driving``).
+
     ``landmarks``: ``"auto"`` (face-alignment when installed, else the model's
     keypoints), ``"model"`` (the keypoint detector of ``models``), or a function
     image -> (N, 2) points. Frames where no landmarks are found are skipped.
@@ -166,22 +164,56 @@ def inference(model):
     return _INFERENCE[model]
 
 
-def detect_keypoints(kp_detector, frames, batch_size=BATCH_SIZE):
-    """Keypoints of ``frames`` (T, H, W, 3), ``batch_size`` at a time: NumPy ``value`` (T, K, 2), ``jacobian``."""
+def detect_keypoints(kp_detector, frames, batch_size=BATCH_SIZE, progress=None):
+    """Keypoints of ``frames`` (T, H, W, 3), or of an iterable of such chunks, ``batch_size`` frames at a
+    time: NumPy ``value`` (T, K, 2), ``jacobian`` (T, K, 2, 2). ``progress``: a tqdm bar to advance."""
     import tensorflow as tf
 
-    frames = np.asarray(frames, np.float32)
-    parts = {}
-    size = min(int(batch_size), len(frames))
-    for start, stop in _batches(len(frames), size):
-        kp = inference(kp_detector)(tf.constant(_padded(frames[start:stop], size)))
-        for key, value in kp.items():
-            parts.setdefault(key, []).append(np.asarray(value)[:stop - start])
+    chunks = [frames] if isinstance(frames, np.ndarray) or np.ndim(frames) == 4 else frames
+    parts, size = {}, None
+    for chunk in chunks:
+        chunk = np.asarray(chunk, np.float32)  # (n, H, W, 3)
+        size = size or min(int(batch_size), len(chunk))  # one traced shape for every batch
+        for start, stop in _batches(len(chunk), size):
+            kp = inference(kp_detector)(tf.constant(_padded(chunk[start:stop], size)))
+            for key, value in kp.items():
+                parts.setdefault(key, []).append(np.asarray(value)[:stop - start])
+            if progress is not None:
+                progress.update(stop - start)
+    if not parts:
+        raise ValueError("expected at least one driving frame, got none")
     return {key: np.concatenate(value) for key, value in parts.items()}
 
 
 def _take(kp, start, stop):
     return {key: value[start:stop] for key, value in kp.items()}
+
+
+def generate(source_image, kp_driving, models, relative=True, adapt_movement_scale=False, relative_jacobian=True,
+             batch_size=BATCH_SIZE, initial_frame=0, outputs=("prediction",)):
+    """The generator's ``outputs`` for every driving keypoint set, batch by batch: yields ``{name: (b, ...)}``.
+
+    ``kp_driving``: ``value`` (T, K, 2) and ``jacobian`` (T, K, 2, 2) of the
+    driving frames, made relative to those of frame ``initial_frame``.
+    """
+    import tensorflow as tf
+
+    source_image = np.asarray(source_image, np.float32)
+    count = len(kp_driving["value"])
+    if not 0 <= int(initial_frame) < count:
+        raise ValueError(f"expected an initial frame index in [0, {count}), got {initial_frame}")
+    source = tf.constant(source_image[None])  # (1, H, W, 3)
+    kp_source = models.kp_detector(source, training=False)
+    kp_initial = _take(kp_driving, initial_frame, initial_frame + 1)
+    size = min(int(batch_size), count)
+    sources = tf.repeat(source, size, axis=0)  # (b, H, W, 3)
+    for start, stop in _batches(count, size):
+        kp_batch = {key: _padded(value[start:stop], size) for key, value in kp_driving.items()}
+        kp_norm = normalize_kp(kp_source, kp_batch, kp_initial, adapt_movement_scale=adapt_movement_scale,
+                               use_relative_movement=relative, use_relative_jacobian=relative_jacobian)
+        kp_norm = {key: tf.convert_to_tensor(value, tf.float32) for key, value in kp_norm.items()}
+        out = inference(models.generator)(sources, kp_source=kp_source, kp_driving=kp_norm)
+        yield {name: np.asarray(out[name])[:stop - start] for name in outputs}
 
 
 def animate(source_image, driving_frames, models, relative=True, adapt_movement_scale=False,
@@ -195,9 +227,8 @@ def animate(source_image, driving_frames, models, relative=True, adapt_movement_
     once). ``relative_jacobian`` applies only with ``relative``, as in the
     original. With other ``outputs`` of the generator (``deformation``,
     ``occlusion_map``, ...) a dict of NumPy arrays is returned instead.
+    Everything is in memory; :func:`animate_file` streams long videos.
     """
-    import tensorflow as tf
-
     source_image = np.asarray(source_image, np.float32)
     driving_frames = np.asarray(driving_frames, np.float32)
     if source_image.ndim != 3 or driving_frames.ndim != 4 or driving_frames.shape[1:] != source_image.shape:
@@ -208,169 +239,122 @@ def animate(source_image, driving_frames, models, relative=True, adapt_movement_
         raise ValueError(f"expected an initial frame index in [0, {count}), got {initial_frame}")
     if kp_driving is None:
         kp_driving = detect_keypoints(models.kp_detector, driving_frames, batch_size)
-    source = tf.constant(source_image[None])  # (1, H, W, 3)
-    kp_source = models.kp_detector(source, training=False)
-    kp_initial = _take(kp_driving, initial_frame, initial_frame + 1)
-    size = min(int(batch_size), count)
-    sources = tf.repeat(source, size, axis=0)  # (b, H, W, 3)
-    results = {name: [] for name in outputs}
-    for start, stop in _batches(count, size):
-        kp_batch = {key: _padded(value[start:stop], size) for key, value in kp_driving.items()}
-        kp_norm = normalize_kp(kp_source, kp_batch, kp_initial, adapt_movement_scale=adapt_movement_scale,
-                               use_relative_movement=relative, use_relative_jacobian=relative_jacobian)
-        kp_norm = {key: tf.convert_to_tensor(value, tf.float32) for key, value in kp_norm.items()}
-        out = inference(models.generator)(sources, kp_source=kp_source, kp_driving=kp_norm)
-        for name in outputs:
-            results[name].append(np.asarray(out[name])[:stop - start])
-    results = {name: np.concatenate(parts) for name, parts in results.items()}
+    parts = list(generate(source_image, kp_driving, models, relative, adapt_movement_scale, relative_jacobian,
+                          batch_size, initial_frame, outputs))
+    results = {name: np.concatenate([part[name] for part in parts]) for name in outputs}
     return results["prediction"] if tuple(outputs) == ("prediction",) else results
 
 
 # ---------------------------------------------------------------------------
-# Files: frame rate, audio, checking paths, loading models
+# Files: a driving video streamed through the model into an output video
 # ---------------------------------------------------------------------------
 
-def video_fps(path, default=DEFAULT_FPS):
-    """Frames per second of a video file (``default`` for PNG folders and files that do not say)."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        return float(default)
-    if path.lower().endswith(".gif"):
-        from PIL import Image
+def _progress(total, desc, enabled):
+    """A tqdm bar of frames: shown when ``enabled`` is True, hidden when False, on a terminal only when None."""
+    from tqdm import tqdm
 
-        with Image.open(path) as image:
-            duration = image.info.get("duration")
-        return 1000.0 / duration if duration else float(default)
-    import imageio.v2 as imageio
-
-    with imageio.get_reader(path, format="FFMPEG") as reader:
-        fps = reader.get_meta_data().get("fps")
-    return float(fps) if fps else float(default)
+    return tqdm(total=total, desc=desc, unit="frame", disable=None if enabled is None else not enabled)
 
 
-def ffmpeg_exe():
-    """The ffmpeg binary that imageio-ffmpeg ships."""
-    import imageio_ffmpeg
+def animate_stream(source_image, driving, models, frame_shape, box=None, best_frame=None, find_best=False,
+                   relative=True, adapt_movement_scale=False, relative_jacobian=True, batch_size=BATCH_SIZE,
+                   progress=None, outputs=("prediction",)):
+    """:func:`animate` of the video file or folder ``driving``, read a chunk at a time: yields the
+    generator's ``outputs`` batch by batch (``{name: (b, ...)}``).
 
-    return imageio_ffmpeg.get_ffmpeg_exe()
+    The frames are cropped to ``box`` (x, y, w, h) and resized to
+    ``frame_shape`` as they are read: once for their keypoints and, with
+    ``find_best`` and face-alignment landmarks, once more. ``best_frame`` (an
+    index) or ``find_best`` chooses the initial frame (default 0).
+    ``progress``: True, False, or None for progress bars on a terminal only.
+    """
+    from fomm_lessons.data.frames import VideoError
+    from fomm_lessons.data.stream import frame_count, iter_frames
 
+    def frames():
+        try:
+            yield from iter_frames(driving, frame_shape, box)
+        except VideoError as error:
+            raise ValueError(f"the driving input {driving} is not a video: {error.reason}") from None
 
-def has_audio(path):
-    """Whether the media file ``path`` has an audio stream (asks ffmpeg)."""
-    if os.path.isdir(path):
-        return False
-    probe = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", os.fspath(path)], capture_output=True, text=True)
-    return re.search(r"Stream #\S+.*: Audio:", probe.stderr) is not None
-
-
-def mux_audio(video_path, audio_source, out_path):
-    """Write ``out_path``: the video stream of ``video_path`` (copied) with the audio of ``audio_source`` (AAC)."""
-    command = [ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error", "-i", os.fspath(video_path),
-               "-i", os.fspath(audio_source), "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
-               "-c:a", "aac", "-shortest", os.fspath(out_path)]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        raise OSError(f"ffmpeg could not add the audio of {audio_source} to {out_path}: {last}")
-    return out_path
-
-
-def is_folder_path(path):
-    """Whether an output ``path`` names a folder of PNG frames: an existing folder or a name without a suffix."""
-    path = os.fspath(path)
-    return os.path.isdir(path) or path.endswith(("/", os.sep)) or not os.path.splitext(path)[1]
-
-
-def check_output_path(path, folder=False, audio=False):
-    """Fail early, with the path, if ``path`` cannot be written (parent folders are created)."""
-    path = os.fspath(path)
-    suffix = os.path.splitext(path)[1].lower()
-    if not folder and suffix not in OUTPUT_SUFFIXES:
-        raise ValueError(f"expected an output path ending in {'/'.join(OUTPUT_SUFFIXES)} "
-                         f"(or a folder for PNG frames), got {path!r}")
-    if audio and suffix not in (".mp4", ".mov"):
-        raise ValueError(f"keeping the audio needs an .mp4 or .mov output, got {path!r}")
-    target = path if folder else os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(target, exist_ok=True)
-        with tempfile.TemporaryFile(dir=target):
-            pass
-    except OSError as error:
-        raise OSError(f"cannot write the output {path}: the folder {target} cannot be created or written "
-                      f"({error.strerror or error})") from None
-    return path
+    with _progress(frame_count(driving), "driving keypoints", progress) as bar:
+        kp_driving = detect_keypoints(models.kp_detector, frames(), batch_size, progress=bar)
+    count = len(kp_driving["value"])  # (T, K, 2): all that is kept of every frame
+    initial = 0
+    if best_frame is not None:
+        if not 0 <= int(best_frame) < count:
+            raise ValueError(f"expected --best-frame between 0 and {count - 1} (the driving video has {count} "
+                             f"frames), got {best_frame}")
+        initial = int(best_frame)
+    elif find_best:
+        initial = find_best_frame(source_image, (f for chunk in frames() for f in chunk), models,
+                                  kp_driving=kp_driving, batch_size=batch_size)
+    with _progress(count, "generating", progress) as bar:
+        for part in generate(source_image, kp_driving, models, relative, adapt_movement_scale, relative_jacobian,
+                             batch_size, initial, outputs):
+            yield part
+            bar.update(len(part[outputs[0]]))
 
 
-def write_output(path, frames, fps, audio_from=None):
-    """Write frames (T, H, W, 3) to an .mp4/.mov/.gif file or, for any other path, a PNG folder."""
-    from fomm_lessons.data.frames import write_video
+def animate_file(source_image, driving, out, models, frame_shape, fps, box=None, audio_from=None, **options):
+    """:func:`animate_stream` written to ``out`` (.mp4/.mov/.gif, or a PNG folder) as it is generated,
+    at ``fps`` and with the audio of ``audio_from``; returns the output path."""
+    from fomm_lessons.data.stream import VideoWriter
 
-    path = os.fspath(path)
-    if is_folder_path(path):
-        return write_video(path, frames, as_folder=True)
-    if audio_from is None:
-        return write_video(path, frames, as_folder=False, fps=fps)
-    suffix = os.path.splitext(path)[1]
-    with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(path))) as scratch:
-        silent = write_video(os.path.join(scratch, "silent" + suffix), frames, as_folder=False, fps=fps)
-        return mux_audio(silent, audio_from, path)
+    with VideoWriter(out, fps, audio_from, command="animate") as writer:
+        for part in animate_stream(source_image, driving, models, frame_shape, box, **options):
+            writer.write(part["prediction"])
+    return writer.path
 
 
-def read_source_image(path, frame_shape=None):
-    """The source image (H, W, 3) in [0, 1]: an image file, or the first frame of a video."""
-    from fomm_lessons.data.frames import VideoError, is_video, load_frames, read_image
+def _box(text, option):
+    from fomm_lessons.data.crop import parse_box
 
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no source image at {path}")
-    try:
-        image = load_frames(path, [0])[0][0] if is_video(path) else read_image(path)
-    except VideoError as error:
-        raise ValueError(f"the source {path} is not an image: {error.reason}") from None
-    if frame_shape is not None and image.shape[:2] != tuple(frame_shape[:2]):
-        from skimage.transform import resize
-
-        image = resize(image, tuple(frame_shape[:2]), order=1, anti_aliasing=True, mode="edge")
-    return np.asarray(image, np.float32)
-
-
-def read_driving_video(path, frame_shape=None):
-    """The driving frames (T, H, W, 3) in [0, 1], resized to ``frame_shape``; (frames, fps)."""
-    from fomm_lessons.data.frames import VideoError, load_frames
-
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no driving video at {path}")
-    try:
-        frames, _ = load_frames(path, None, frame_shape)
-    except VideoError as error:
-        raise ValueError(f"the driving input {path} is not a video: {error.reason}") from None
-    return frames, video_fps(path)
+    return None if text is None else parse_box(text, where=option)
 
 
 def main(args):
-    """``fomm-lessons animate``: read, animate, write; prints the output path."""
+    """``fomm-lessons animate``: read, (crop,) animate, write; prints the output path."""
     from fomm_lessons.config import load_config
+    from fomm_lessons.data import crop
+    from fomm_lessons.data.frames import VideoError
+    from fomm_lessons.data.media import check_output_path, has_audio, is_folder_path, video_fps
+    from fomm_lessons.data.stream import iter_frames, read_source_image
+
+    def note(line):
+        print(f"fomm-lessons animate: {line}", file=sys.stderr)
 
     config = load_config(args.config)
     frame_shape = config.get("dataset_params", {}).get("frame_shape", [256, 256, 3])
     out = args.out
-    folder = is_folder_path(out)
-    check_output_path(out, folder=folder, audio=args.audio)
-    source = read_source_image(args.source, frame_shape)
-    driving, fps = read_driving_video(args.driving, frame_shape)
+    check_output_path(out, folder=is_folder_path(out), audio=args.audio, command="animate")
+    if args.best_frame is not None and args.best_frame < 0:
+        raise ValueError(f"expected --best-frame of at least 0 (a driving frame's index), got {args.best_frame}")
+    source_box, driving_box = _box(args.source_box, "--source-box"), _box(args.driving_box, "--driving-box")
+    if args.crop and source_box is None:
+        source_box = crop.source_box(args.source, box_option="--source-box")
+    if source_box is not None:
+        note(f"cropping the source to the box {','.join(map(str, source_box))} (x,y,w,h)")
+    source = read_source_image(args.source, frame_shape, source_box, log=note)
+    try:  # a bad driving video fails here, before the models are loaded
+        next(iter_frames(args.driving, frame_shape, driving_box, chunk=1))
+    except VideoError as error:
+        raise ValueError(f"the driving input {args.driving} is not a video: {error.reason}") from None
+    if args.crop and driving_box is None:
+        driving_box = crop.video_box(args.driving, box_option="--driving-box")
+    if driving_box is not None:
+        note(f"cropping the driving video to the box {','.join(map(str, driving_box))} (x,y,w,h)")
     audio_from = None
     if args.audio:
         if has_audio(args.driving):
             audio_from = args.driving
         else:
-            print(f"fomm-lessons animate: warning: {args.driving} has no audio; writing video only", file=sys.stderr)
+            note(f"warning: {args.driving} has no audio; writing video only")
     models = load_checkpoint(args.checkpoint, config["model_params"], f"the config {args.config}")
     normalization = config.get("animate_params", {}).get("normalization_params", {})
-    kp_driving = detect_keypoints(models.kp_detector, driving)
-    initial = find_best_frame(source, driving, models, kp_driving=kp_driving) if args.find_best_frame else 0
-    frames = animate(source, driving, models, relative=args.relative, adapt_movement_scale=args.adapt_scale,
-                     relative_jacobian=normalization.get("use_relative_jacobian", True),
-                     initial_frame=initial, kp_driving=kp_driving)
-    print(write_output(out, frames, fps, audio_from))
+    path = animate_file(source, args.driving, out, models, frame_shape, video_fps(args.driving), box=driving_box,
+                        audio_from=audio_from, best_frame=args.best_frame, find_best=args.find_best_frame,
+                        relative=args.relative, adapt_movement_scale=args.adapt_scale,
+                        relative_jacobian=normalization.get("use_relative_jacobian", True))
+    print(path)
     return 0

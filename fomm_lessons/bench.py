@@ -30,6 +30,14 @@ def report(**fields):
     print(json.dumps(fields), flush=True)
 
 
+def peak_rss_mb():
+    """The largest resident memory of this process so far, in MB (Linux and macOS)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)  # bytes on macOS, KB on Linux
+
+
 # Dense motion warps B*(K+1) = 8*11 copies of a 64x64 RGB source; the
 # generator warps 8 feature maps of 64x64x256 (vox-256 at 256x256).
 SAMPLER_WORKLOADS = {
@@ -132,7 +140,8 @@ def bench_animate(argv):
         median, best = time_call(lambda: step(source, driving, kp_source).numpy(), args.repeats, args.warmup)
         report(workload="animate", config=args.config, size=args.size, batch=args.batch,
                impl=f"fomm_lessons ({mode}, tensorflow {tf.__version__})", threads=os.cpu_count(),
-               median_s=round(median, 4), min_s=round(best, 4), frames_per_s=round(args.batch / median, 3))
+               median_s=round(median, 4), min_s=round(best, 4), frames_per_s=round(args.batch / median, 3),
+               peak_rss_mb=peak_rss_mb())
     return 0
 
 
@@ -145,6 +154,9 @@ def bench_animate_video(argv):
     parser.add_argument("--batch", type=int, nargs="+", default=[4], help="batch sizes to time")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--adapt-scale", action="store_true")
+    parser.add_argument("--file", action="store_true",
+                        help="animate an .mp4 of --frames test-pattern frames to an .mp4, streamed as "
+                             "`fomm-lessons animate` does (peak_rss_mb then shows memory does not grow with length)")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -156,6 +168,8 @@ def bench_animate_video(argv):
 
     # Random weights: the time of a forward pass does not depend on their values.
     models = build_models(load_config(args.config)["model_params"], discriminator=False)
+    if args.file:
+        return _bench_animate_file(args, models)
     rng = np.random.default_rng(0)
     driving = rng.random((args.frames, args.size, args.size, 3), dtype=np.float32)
     for batch in args.batch:
@@ -165,7 +179,37 @@ def bench_animate_video(argv):
         median, best = time_call(run, args.repeats, warmup=1)
         report(workload="animate-video", config=args.config, size=args.size, frames=args.frames, batch=batch,
                impl=f"fomm_lessons.animate.animate (tensorflow {tf.__version__})", threads=os.cpu_count(),
-               median_s=round(median, 3), min_s=round(best, 3), frames_per_s=round(args.frames / median, 3))
+               median_s=round(median, 3), min_s=round(best, 3), frames_per_s=round(args.frames / median, 3),
+               peak_rss_mb=peak_rss_mb())
+    return 0
+
+
+def _bench_animate_file(args, models):
+    """One streamed animation of a test-pattern video file: seconds, frames per second, peak memory."""
+    import subprocess
+    import tempfile
+
+    import numpy as np
+
+    from fomm_lessons.animate import animate_file
+    from fomm_lessons.data.media import ffmpeg_exe
+
+    shape = (args.size, args.size, 3)
+    with tempfile.TemporaryDirectory() as scratch:
+        driving, out = os.path.join(scratch, "driving.mp4"), os.path.join(scratch, "out.mp4")
+        subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-f", "lavfi", "-i",
+                        f"testsrc=size={args.size}x{args.size}:rate=25", "-frames:v", str(args.frames),
+                        "-pix_fmt", "yuv420p", driving], check=True)
+        source = np.random.default_rng(0).random(shape, dtype=np.float32)
+        before = peak_rss_mb()
+        start = time.perf_counter()
+        animate_file(source, driving, out, models, shape, 25.0, batch_size=args.batch[0],
+                     adapt_movement_scale=args.adapt_scale)
+        seconds = time.perf_counter() - start
+    report(workload="animate-video", config=args.config, size=args.size, frames=args.frames, batch=args.batch[0],
+           impl="fomm_lessons.animate.animate_file (mp4 to mp4, streamed)", threads=os.cpu_count(),
+           seconds=round(seconds, 2), frames_per_s=round(args.frames / seconds, 3),
+           peak_rss_mb_before=before, peak_rss_mb=peak_rss_mb())
     return 0
 
 

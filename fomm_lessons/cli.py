@@ -45,6 +45,12 @@ def _cmd_animate(args):
     return animate.main(args)
 
 
+def _cmd_crop(args):
+    from fomm_lessons.data import crop
+
+    return crop.main(args)
+
+
 def _cmd_reconstruct(args):
     from fomm_lessons import evaluate
 
@@ -109,6 +115,8 @@ def build_parser():
     vox.add_argument("--seed", type=int, default=0, help="random seed")
     vox.add_argument("--zip", default=None, help="a local copy of the VoxCeleb2 test zip")
     vox.add_argument("--videos", default=None, help="a folder of mp4 files to use instead")
+    vox.add_argument("--crop", action="store_true",
+                     help="crop each clip around its face (fomm-lessons crop) instead of the centre square")
     vox.set_defaults(func=_cmd_data_voxceleb)
 
     convert = commands.add_parser("convert", help="convert a published .pth.tar to Keras weights")
@@ -144,15 +152,39 @@ def build_parser():
     _add_model_arguments(animate)
     animate.add_argument("--source", required=True, help="source image")
     animate.add_argument("--driving", required=True, help="driving video (mp4, gif, PNG folder)")
-    animate.add_argument("--out", required=True, help="output video (mp4 or gif)")
+    animate.add_argument("--out", required=True,
+                         help="output video (mp4, mov, gif) or a new folder for PNG frames")
     animate.add_argument("--relative", action=argparse.BooleanOptionalAction, default=True,
                          help="relative motion (default) or --absolute keypoints")
     animate.add_argument("--absolute", dest="relative", action="store_false", help="same as --no-relative")
     animate.add_argument("--adapt-scale", action="store_true", help="adapt the movement scale (convex hulls)")
-    animate.add_argument("--find-best-frame", action="store_true",
+    initial = animate.add_mutually_exclusive_group()
+    initial.add_argument("--find-best-frame", action="store_true",
                          help="start from the driving frame that best matches the source")
+    initial.add_argument("--best-frame", type=int, default=None, metavar="N",
+                         help="start from driving frame N (relative motion is measured from it)")
     animate.add_argument("--audio", action="store_true", help="keep the driving video's audio")
+    animate.add_argument("--crop", action="store_true",
+                         help="crop the source and driving video around the face first (as `fomm-lessons crop`)")
+    animate.add_argument("--source-box", default=None, metavar="X,Y,W,H",
+                         help="crop the source to this box (pixels of the file) instead of finding the face")
+    animate.add_argument("--driving-box", default=None, metavar="X,Y,W,H",
+                         help="crop every driving frame to this box instead of finding the face")
     animate.set_defaults(func=_cmd_animate)
+
+    crop = commands.add_parser("crop", help="crop a video or photo around the face, as the training data was")
+    crop_input = crop.add_mutually_exclusive_group(required=True)
+    crop_input.add_argument("--video", default=None, help="video to cut into square face clips")
+    crop_input.add_argument("--image", default=None, help="photo to crop around its largest face")
+    crop.add_argument("--out", required=True, help="folder for the clips (--video) or the image file (--image)")
+    crop.add_argument("--size", type=int, default=256, help="side of the crops in pixels (the model's size)")
+    crop.add_argument("--increase", type=float, default=0.1,
+                      help="margin on each side of the face, as a fraction of its size")
+    crop.add_argument("--min-frames", type=int, default=25, help="drop clips with fewer frames")
+    crop.add_argument("--box", default=None, metavar="X,Y,W,H", help="use this box instead of finding the face")
+    crop.add_argument("--print-commands", action="store_true",
+                      help="print the equivalent ffmpeg commands instead of writing the clips")
+    crop.set_defaults(func=_cmd_crop)
 
     reconstruct = commands.add_parser("reconstruct", help="reconstruct the test videos and report L1")
     _add_model_arguments(reconstruct)

@@ -14,8 +14,9 @@ import os
 
 import numpy as np
 
-from fomm_lessons.animate import BATCH_SIZE, animate, check_output_path
+from fomm_lessons.animate import BATCH_SIZE, animate
 from fomm_lessons.checkpoint import load_checkpoint
+from fomm_lessons.data.media import check_output_path, claim_output_folder
 
 NOT_COMPUTED_AED = ("needs a pretrained face-identity network (the paper's AED uses an OpenFace-style "
                     "re-identification model), which is not available offline")
@@ -240,10 +241,11 @@ def main(args):
 
     config = load_config(args.config)
     frame_shape = config.get("dataset_params", {}).get("frame_shape", [256, 256, 3])
-    check_output_path(args.out, folder=True)
+    check_output_path(args.out, folder=True, command="reconstruct")  # new, empty, or an earlier reconstruct's
     if not os.path.isdir(os.path.join(args.data, "test")):
         raise FileNotFoundError(f"no test split: {os.path.join(args.data, 'test')} is not a folder")
     models = load_checkpoint(args.checkpoint, config["model_params"], f"the config {args.config}")
+    claim_output_folder(args.out, "reconstruct")
     status, landmarks = keypoint_metrics_status()
     metrics = {"reconstruction": reconstruction_l1(args.data, models, frame_shape, out=args.out,
                                                    landmarks=landmarks), **status}

@@ -51,7 +51,11 @@ def setup_notebook(seed=0, deterministic=True):
     """Quiet TensorFlow, seed Python, NumPy and TensorFlow, and make ops deterministic.
 
     Call it before anything else in a chapter so that its stored outputs are
-    reproduced exactly by ``pytest --nbval``.
+    reproduced exactly by ``pytest --nbval``. It runs one tiny XLA-compiled
+    function with stderr silenced: XLA logs its start-up once a process, at the
+    first compiled call, and TensorFlow 2.16 does so whatever
+    ``TF_CPP_MIN_LOG_LEVEL`` says. That call initialises the devices, so set up
+    any (memory growth, logical devices) before calling this.
     """
     tf = import_tensorflow_quietly()
     import keras
@@ -65,3 +69,5 @@ def setup_notebook(seed=0, deterministic=True):
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     np.set_printoptions(precision=4, suppress=True)
+    with _stderr_silenced():
+        tf.function(lambda x: x + 1.0, jit_compile=True)(tf.zeros([]))

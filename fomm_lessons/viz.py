@@ -112,6 +112,36 @@ def draw_keypoints(image, kp, radius=2, colormap="gist_rainbow"):
     return image
 
 
+def plot_keypoints(ax, image, kp, jacobian=None, scale=0.25, colormap="gist_rainbow", size=30):
+    """Show ``image`` (H, W, 3) on ``ax`` with keypoints ``kp`` (K, 2) in [-1, 1] as coloured dots.
+
+    With ``jacobian`` (K, 2, 2) each keypoint also gets its local frame (Eq. 1):
+    a thick segment from ``p_k`` to ``p_k + scale * J_k e_x`` and a thin one to
+    ``p_k + scale * J_k e_y``, where the unit axes of the reference frame land.
+    Returns the axes.
+    """
+    kp = np.asarray(kp, np.float64)
+    if kp.ndim != 2 or kp.shape[-1] != 2:
+        raise ValueError(f"expected keypoints of shape (K, 2), got {kp.shape}")
+    if jacobian is not None and np.shape(jacobian) != (len(kp), 2, 2):
+        raise ValueError(f"expected jacobians of shape ({len(kp)}, 2, 2), got {np.shape(jacobian)}")
+    height, width = np.shape(image)[:2]
+    colors = keypoint_colors(len(kp), colormap)
+    ax.imshow(np.clip(image, 0, 1))
+    if jacobian is not None:
+        axes = np.swapaxes(np.asarray(jacobian, np.float64), 1, 2)  # (K, 2 axes, 2): row i is J_k e_i
+        for point, (first, second), color in zip(kp, axes, colors):
+            for direction, lw in ((first, 2.0), (second, 1.0)):
+                ends = to_pixels(np.stack([point, point + scale * direction]), height, width)
+                ax.plot(ends[:, 0], ends[:, 1], color=color, lw=lw)
+    pixels = to_pixels(kp, height, width)
+    ax.scatter(pixels[:, 0], pixels[:, 1], s=size, c=colors, edgecolors="black", linewidths=0.5, zorder=3)
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(height - 0.5, -0.5)
+    ax.set_axis_off()
+    return ax
+
+
 def _resize(image, height, width):
     from skimage.transform import resize
 

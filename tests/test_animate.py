@@ -4,6 +4,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import json
 import subprocess
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 
 from fomm_lessons import animate as anim
 from fomm_lessons.checkpoint import load_checkpoint
+from fomm_lessons.data import media, stream
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +198,7 @@ def test_animate_checks_shapes(models, video):
 
 def make_clip_with_audio(path, fps=10, seconds=1.2, size=32):
     """A test-pattern clip with a 440 Hz sine audio track, made by ffmpeg's lavfi sources."""
-    command = [anim.ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi", "-i",
+    command = [media.ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi", "-i",
                f"testsrc=size={size}x{size}:rate={fps}", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000",
                "-t", str(seconds), "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(path)]
     subprocess.run(command, check=True, capture_output=True)
@@ -207,33 +209,33 @@ def test_frame_rate_and_audio_are_kept(tmp_path):
     from fomm_lessons.data.frames import read_video
 
     clip = make_clip_with_audio(tmp_path / "driving.mp4", fps=10)
-    assert anim.has_audio(clip)
-    assert anim.video_fps(clip) == pytest.approx(10.0)
+    assert media.has_audio(clip)
+    assert media.video_fps(clip) == pytest.approx(10.0)
     frames = read_video(clip)
     assert len(frames) == 12
-    out = anim.write_output(str(tmp_path / "out.mp4"), frames[:, ::-1], anim.video_fps(clip), audio_from=clip)
-    assert anim.has_audio(out) and anim.video_fps(out) == pytest.approx(10.0)
+    out = stream.write_output(str(tmp_path / "out.mp4"), frames[:, ::-1], media.video_fps(clip), audio_from=clip)
+    assert media.has_audio(out) and media.video_fps(out) == pytest.approx(10.0)
     assert len(read_video(out)) == 12
-    silent = anim.write_output(str(tmp_path / "silent.mp4"), frames, 10.0)
-    assert not anim.has_audio(silent)
-    gif = anim.write_output(str(tmp_path / "out.gif"), frames, 5.0)
-    assert anim.video_fps(gif) == pytest.approx(5.0)  # GIF stores hundredths of a second: 5 fps is exact
-    folder = anim.write_output(str(tmp_path / "frames"), frames, 10.0)
-    assert sorted(os.listdir(folder))[:2] == ["0000000.png", "0000001.png"]
-    assert anim.video_fps(folder) == anim.DEFAULT_FPS
+    silent = stream.write_output(str(tmp_path / "silent.mp4"), frames, 10.0)
+    assert not media.has_audio(silent)
+    gif = stream.write_output(str(tmp_path / "out.gif"), frames, 5.0)
+    assert media.video_fps(gif) == pytest.approx(5.0)  # GIF stores hundredths of a second: 5 fps is exact
+    folder = stream.write_output(str(tmp_path / "frames"), frames, 10.0)
+    assert sorted(os.listdir(folder))[:3] == [media.OUTPUT_MARK, "0000000.png", "0000001.png"]
+    assert media.video_fps(folder) == media.DEFAULT_FPS
 
 
 def test_output_paths_are_checked_before_any_work(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     with pytest.raises(OSError, match="cannot write the output"):
-        anim.check_output_path(str(blocker / "out.mp4"))
+        media.check_output_path(str(blocker / "out.mp4"))
     with pytest.raises(ValueError, match=r"\.mp4/\.mov/\.gif"):
-        anim.check_output_path(str(tmp_path / "out.avi"))
+        media.check_output_path(str(tmp_path / "out.avi"))
     with pytest.raises(ValueError, match="audio"):
-        anim.check_output_path(str(tmp_path / "out.gif"), audio=True)
-    assert anim.check_output_path(str(tmp_path / "new" / "out.mp4")) and (tmp_path / "new").is_dir()
-    assert anim.is_folder_path(str(tmp_path / "frames")) and not anim.is_folder_path("x.gif")
+        media.check_output_path(str(tmp_path / "out.gif"), audio=True)
+    assert media.check_output_path(str(tmp_path / "new" / "out.mp4")) and (tmp_path / "new").is_dir()
+    assert media.is_folder_path(str(tmp_path / "frames")) and not media.is_folder_path("x.gif")
 
 
 def test_published_format_checkpoint_animates_as_the_original(tmp_path):
@@ -265,3 +267,181 @@ def test_published_format_checkpoint_animates_as_the_original(tmp_path):
         np.testing.assert_allclose(out["deformation"][0], arrays["eval/dense_motion/deformation"][b], atol=1e-4)
         np.testing.assert_allclose(out["occlusion_map"][0, ..., 0], arrays["eval/dense_motion/occlusion_map"][b, 0],
                                    atol=1e-4)
+
+
+# ---------------------------------------------------------------------------
+# The command as a user meets it: streamed files, progress, output folders, large sources
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def files(models, video, tmp_path_factory):
+    """A checkpoint folder of the cpu-64 models, a source PNG and a 12-frame driving PNG folder."""
+    from PIL import Image
+
+    from fomm_lessons.checkpoint import save_models
+    from fomm_lessons.data.frames import write_video
+
+    root = tmp_path_factory.mktemp("animate-files")
+    save_models(models, str(root / "checkpoint"))
+    driving = write_video(str(root / "driving.mp4"), video, as_folder=True)
+    Image.fromarray(np.round(video[0] * 255).astype(np.uint8)).save(root / "source.png")
+    return {"root": root, "checkpoint": str(root / "checkpoint"), "source": str(root / "source.png"),
+            "driving": driving}
+
+
+def run_animate(files, capsys, *options, **changes):
+    from fomm_lessons import cli
+
+    args = {"config": "cpu-64", "checkpoint": files["checkpoint"], "source": files["source"],
+            "driving": files["driving"], **changes}
+    status = cli.main(["animate"] + [str(v) for key, value in args.items() for v in (f"--{key}", value)]
+                      + [str(option) for option in options])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_a_streamed_file_is_the_animation_in_memory_with_progress_and_best_frame(models, files, capsys):
+    from fomm_lessons.data.frames import read_video
+
+    driving = read_video(files["driving"])  # the PNG frames: what the file holds
+    source = stream.read_source_image(files["source"], (64, 64, 3))
+    parts = list(anim.animate_stream(source, files["driving"], models, (64, 64, 3), best_frame=4, batch_size=5,
+                                     progress=True, outputs=BOTH))
+    err = capsys.readouterr().err
+    assert "driving keypoints" in err and "generating" in err and "12/12" in err
+    assert [len(part["prediction"]) for part in parts] == [5, 5, 2]
+    expected = anim.animate(source, driving, models, initial_frame=4, batch_size=5, outputs=BOTH)
+    assert_outputs_close({k: np.concatenate([p[k] for p in parts]) for k in BOTH}, expected)
+    path = anim.animate_file(source, files["driving"], str(files["root"] / "streamed"), models, (64, 64, 3), 10.0,
+                             best_frame=4, batch_size=5, progress=False)
+    np.testing.assert_allclose(read_video(path), expected["prediction"], atol=0.5 / 255 + 1e-6)
+    with pytest.raises(ValueError, match=r"--best-frame between 0 and 11 .*12 frames"):
+        anim.animate_file(source, files["driving"], str(files["root"] / "x.gif"), models, (64, 64, 3), 10.0,
+                          best_frame=12, progress=False)
+    assert not (files["root"] / "x.gif").exists()  # nothing half-written
+
+
+def test_best_frame_option(files, capsys):
+    status, printed, err = run_animate(files, capsys, "--best-frame", 7, out=files["root"] / "b7.gif")
+    assert status == 0 and printed.strip() == str(files["root"] / "b7.gif"), err
+    with pytest.raises(SystemExit):  # one or the other
+        run_animate(files, capsys, "--best-frame", 3, "--find-best-frame", out=files["root"] / "x.gif")
+    status, _, err = run_animate(files, capsys, "--best-frame", -1, out=files["root"] / "x.gif")
+    assert status == 2 and "--best-frame of at least 0" in err
+
+
+def test_an_output_folder_of_other_files_is_refused_not_emptied(files, capsys):
+    """Issue 16.1: ``--out photos`` used to delete every picture in ``photos``."""
+    from fomm_lessons import cli
+
+    photos = files["root"] / "photos"
+    photos.mkdir()
+    (photos / "holiday.png").write_bytes(b"a photograph")
+    status, _, err = run_animate(files, capsys, out=photos)
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    assert "refusing to write into" in err and "holiday.png" in err
+    assert (photos / "holiday.png").read_bytes() == b"a photograph"
+    status = cli.main(["reconstruct", "--config", "cpu-64", "--checkpoint", files["checkpoint"],
+                       "--data", str(files["root"]), "--out", str(photos)])
+    err = capsys.readouterr().err
+    assert status == 2 and "refusing to write into" in err and (photos / "holiday.png").exists()
+    # an earlier output of the same command is rewritten; files added to it since are kept
+    frames = files["root"] / "frames"
+    status, _, err = run_animate(files, capsys, out=frames)
+    assert status == 0 and media.folder_owner(frames) == "animate", err
+    (frames / "notes.txt").write_text("mine")
+    stream.write_output(str(frames), np.zeros((3, 8, 8, 3)), 10.0, command="animate")  # as a second run does
+    assert sorted(os.listdir(frames)) == sorted([media.OUTPUT_MARK, "notes.txt"] + [f"{t:07d}.png" for t in range(3)])
+    with pytest.raises(ValueError, match="refusing"):  # another command's output
+        stream.write_output(str(frames), np.zeros((3, 8, 8, 3)), 10.0, command="reconstruct")
+
+
+def test_a_large_source_is_shrunk_before_it_becomes_float(files, tmp_path, capsys):
+    """Issue 16.15: an 8000x8000 source took minutes, silently; Pillow now shrinks it first."""
+    import tracemalloc
+
+    from PIL import Image
+
+    side = 2048
+    x = (np.arange(side, dtype=np.float32) / side)[None, :, None]  # (1, W, 1)
+    y = (np.arange(side, dtype=np.float32) / side)[:, None, None]  # (H, 1, 1)
+    pattern = np.concatenate([np.broadcast_to(0.5 + 0.4 * np.sin(2 * np.pi * x), (side, side, 1)),
+                              np.broadcast_to(0.5 + 0.4 * np.cos(2 * np.pi * y), (side, side, 1)),
+                              0.3 + 0.4 * x * y], axis=-1)  # (H, W, 3), smooth
+    path = tmp_path / "large.jpg"
+    Image.fromarray(np.round(pattern * 255).astype(np.uint8)).save(path, quality=95)
+    expected = pattern.reshape(64, side // 64, 64, side // 64, 3).mean(axis=(1, 3))  # block means
+    del pattern
+    notes = []
+    tracemalloc.start()
+    try:
+        image = stream.read_source_image(path, (64, 64, 3), log=notes.append)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4e6, f"{peak / 1e6:.0f} MB of NumPy arrays for a 64x64 result"  # a float copy: 50 MB
+    assert image.shape == (64, 64, 3) and image.dtype == np.float32
+    np.testing.assert_allclose(image, expected, atol=0.02)
+    assert notes == [f"resizing the source {path} (2048x2048) to 64x64"]
+    (tmp_path / "text.mp4").write_text("not a video")  # the command says so before it reads the driving video
+    status, _, err = run_animate(files, capsys, source=path, driving=tmp_path / "text.mp4", out=tmp_path / "o.gif")
+    lines = err.strip().splitlines()
+    assert status == 2 and lines[0] == f"fomm-lessons animate: resizing the source {path} (2048x2048) to 64x64", err
+
+
+def test_a_cut_driving_video_is_refused_while_streaming(files, tmp_path, capsys):
+    """A faststart .mp4 cut at 60% (a broken download): the streamed reader checks its index first."""
+    import imageio.v2 as imageio
+
+    noise = np.random.default_rng(0).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+    whole = tmp_path / "whole.mp4"
+    imageio.mimwrite(whole, list(noise), format="FFMPEG", fps=25, macro_block_size=1,
+                     output_params=["-movflags", "+faststart"])
+    data = whole.read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) * 6 // 10])
+    assert 0 < len(imageio.mimread(tmp_path / "cut.mp4", format="FFMPEG", memtest=False)) < 8  # ffmpeg: no error
+    with pytest.raises(ValueError, match=r"cut.mp4: it is truncated: its index lists 8 frames"):
+        next(stream.iter_frames(str(tmp_path / "cut.mp4")))
+    status, _, err = run_animate(files, capsys, driving=tmp_path / "cut.mp4", out=tmp_path / "out.gif")
+    assert status == 2 and "is not a video: it is truncated" in err.strip().splitlines()[-1]
+
+
+STREAMING_PROBE = r"""
+import json, os, resource, sys
+from fomm_lessons import cli
+base = ["animate", "--config", "cpu-64", "--checkpoint", sys.argv[1], "--source", sys.argv[2]]
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+assert cli.main(base + ["--driving", sys.argv[3], "--out", sys.argv[5]]) == 0  # warm-up: tracing, threads
+before = peak_mb()
+assert cli.main(base + ["--driving", sys.argv[4], "--out", sys.argv[5]]) == 0
+print(json.dumps({"before_mb": before, "after_mb": peak_mb()}))
+"""
+
+
+def test_memory_does_not_grow_with_the_driving_video(files, tmp_path):
+    """400 driving frames take no more memory than 25: frames are streamed (measured: +18 MB for 1500
+    frames, where the whole-video code grew by 511 MB).
+
+    Held in memory, 400 frames of 64x64 are 20 MB as float32, stacked from
+    a list of as much, and the animation as much again."""
+    import sys
+
+    def clip(name, frames):
+        path = str(tmp_path / name)
+        subprocess.run([media.ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi", "-i",
+                        "testsrc=size=64x64:rate=25", "-frames:v", str(frames), "-c:v", "libx264", "-pix_fmt",
+                        "yuv420p", path], check=True)
+        return path
+
+    short, long = clip("short.mp4", 25), clip("long.mp4", 400)
+    done = subprocess.run([sys.executable, "-c", STREAMING_PROBE, files["checkpoint"], files["source"], short, long,
+                           str(tmp_path / "out.mp4")], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    peaks = json.loads(done.stdout.strip().splitlines()[-1])
+    growth = peaks["after_mb"] - peaks["before_mb"]
+    assert growth < 30, peaks
+    from fomm_lessons.data.frames import count_frames
+
+    assert count_frames(str(tmp_path / "out.mp4")) == 400

@@ -82,7 +82,7 @@ def test_animate_writes_a_video(files, capsys):
 
 
 def test_animate_keeps_the_audio_and_frame_rate(files, capsys):
-    from fomm_lessons import animate as anim
+    from fomm_lessons.data import media as anim
     from fomm_lessons.data.frames import read_video
 
     driving = files["root"] / "talking.mp4"

@@ -191,3 +191,25 @@ def test_motion_parts_puts_each_deformed_source_over_its_coloured_mask():
     assert viz.motion_parts(deformed, mask, height=8).shape == (16, 40, 3)
     with pytest.raises(ValueError, match=r"same K\+1"):
         viz.motion_parts(deformed[:2], mask)
+
+
+def test_plot_keypoints_draws_each_jacobian_axis_from_its_keypoint():
+    import matplotlib.pyplot as plt
+
+    image = np.zeros((9, 17, 3))  # one unit of x is 8 pixels, one unit of y is 4
+    kp = np.array([[0.0, 0.0], [-1.0, 1.0]])
+    jacobian = np.array([[[1.0, 0.0], [0.0, 1.0]], [[0.0, -2.0], [0.5, 0.0]]])  # identity; a turn with scaling
+    _, ax = plt.subplots()
+    viz.plot_keypoints(ax, image, kp, jacobian, scale=0.5)
+    np.testing.assert_allclose(ax.collections[0].get_offsets(), [[8.0, 4.0], [0.0, 8.0]])
+    segments = [line.get_xydata() for line in ax.lines]  # per keypoint: J e_x, then J e_y
+    np.testing.assert_allclose(segments[0], [[8, 4], [12, 4]])  # p + 0.5 (1, 0): 4 px right
+    np.testing.assert_allclose(segments[1], [[8, 4], [8, 6]])  # p + 0.5 (0, 1): 2 px down
+    np.testing.assert_allclose(segments[2], [[0, 8], [0, 9]])  # p + 0.5 (0, 0.5): 1 px down
+    np.testing.assert_allclose(segments[3], [[0, 8], [-8, 8]])  # p + 0.5 (-2, 0): 8 px left
+    np.testing.assert_allclose(ax.collections[0].get_facecolors()[:, :3], viz.keypoint_colors(2))
+    with pytest.raises(ValueError, match=r"\(2, 2, 2\)"):
+        viz.plot_keypoints(ax, image, kp, jacobian[:1])
+    with pytest.raises(ValueError, match=r"\(K, 2\)"):
+        viz.plot_keypoints(ax, image, kp[0])
+    plt.close("all")

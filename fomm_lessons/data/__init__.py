@@ -5,6 +5,9 @@ Submodules load on first use, so ``import fomm_lessons.data`` imports neither
 TensorFlow nor the network code of the VoxCeleb fetcher:
 
 * :mod:`fomm_lessons.data.frames` - read and write videos (NumPy only);
+* :mod:`fomm_lessons.data.stream` - long videos read and written a chunk at a time, large photos shrunk;
+* :mod:`fomm_lessons.data.media` - frame rates, audio, output paths and output-folder marks;
+* :mod:`fomm_lessons.data.crop` - faces cropped as the training data was (``fomm-lessons crop``);
 * :mod:`fomm_lessons.data.loader` - :class:`~fomm_lessons.data.loader.FramesDataset`,
   training pairs and whole videos as ``tf.data``;
 * :mod:`fomm_lessons.data.sample` - :func:`~fomm_lessons.data.sample.make_sample_dataset`,
@@ -14,7 +17,7 @@ TensorFlow nor the network code of the VoxCeleb fetcher:
 
 import importlib
 
-_SUBMODULES = {"frames", "loader", "sample", "voxceleb"}
+_SUBMODULES = {"frames", "loader", "sample", "voxceleb", "stream", "media", "crop"}
 _EXPORTS = {
     "read_video": "frames", "write_video": "frames", "VideoError": "frames",
     "FramesDataset": "loader", "make_dataset": "loader",

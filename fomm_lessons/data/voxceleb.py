@@ -27,6 +27,7 @@ import zlib
 import numpy as np
 
 from fomm_lessons.data import remote_zip
+from fomm_lessons.data.crop import face_crop_frames
 
 DATASET = "ProgramComputer/voxceleb"
 ZIP_PATH_IN_REPO = "vox2/vox2_test_mp4.zip"
@@ -302,14 +303,19 @@ def open_source(out, zip_path=None, videos=None, log=print):
     return LocalZipSource(target, kind="http-full-download", url=url)
 
 
-def fetch_subset(out, identities, clips_per_identity, size, seed=0, zip_path=None, videos=None, log=print):
-    """Write ``out/train`` and ``out/test`` (PNG folders) and ``out/meta``; return the run manifest."""
+def fetch_subset(out, identities, clips_per_identity, size, seed=0, zip_path=None, videos=None, log=print,
+                 crop=False):
+    """Write ``out/train`` and ``out/test`` (PNG folders) and ``out/meta``; return the run manifest.
+
+    ``crop``: cut each clip by the box of its face track (:func:`fomm_lessons.data.crop.face_crop_frames`)
+    instead of its centre square."""
     from tqdm import tqdm
 
     out = pathlib.Path(out)
     if size < 8:
         raise ValueError(f"--size must be at least 8 pixels, got {size}")
-    options = {"identities": identities, "clips_per_identity": clips_per_identity, "size": size, "seed": seed}
+    options = {"identities": identities, "clips_per_identity": clips_per_identity, "size": size, "seed": seed,
+               **({"crop": True} if crop else {})}
     manifest_path = out / "meta" / RUN_MANIFEST
     if manifest_path.is_file():
         previous = json.loads(manifest_path.read_text()).get("options")
@@ -334,7 +340,7 @@ def fetch_subset(out, identities, clips_per_identity, size, seed=0, zip_path=Non
             skipped += 1
         else:
             try:
-                record = _fetch_clip(out, split, clip, size, source, pinned)
+                record = _fetch_clip(out, split, clip, size, source, pinned, crop)
             except BadClip as error:  # this clip only: record it and go on
                 bad.append({"name": clip.name, "split": split, "member": clip.member, "reason": error.reason,
                             **({"log": str(error.log)} if error.log else {})})
@@ -355,7 +361,7 @@ def fetch_subset(out, identities, clips_per_identity, size, seed=0, zip_path=Non
     return manifest
 
 
-def _fetch_clip(out, split, clip, size, source, pinned):
+def _fetch_clip(out, split, clip, size, source, pinned, crop=False):
     """Read, verify, decode and write one clip, then its done marker."""
     try:
         data = source.read(clip)
@@ -371,7 +377,7 @@ def _fetch_clip(out, split, clip, size, source, pinned):
         video.write(data)
         video.flush()
         try:
-            frames = square_frames(video.name, size)
+            frames = (face_crop_frames if crop else square_frames)(video.name, size)
         except Exception as error:  # imageio raises several kinds for a bad video
             raise _decode_error(out, clip, error) from None
     log_path = out / "meta" / "logs" / f"{clip.name}.log"
@@ -434,7 +440,8 @@ def main(args):
     """Entry point of ``fomm-lessons data voxceleb``; 0 on success, 2 with one error line."""
     try:
         manifest = fetch_subset(args.out, args.identities, args.clips_per_identity, args.size,
-                                seed=args.seed, zip_path=args.zip, videos=args.videos)
+                                seed=args.seed, zip_path=args.zip, videos=args.videos,
+                                crop=getattr(args, "crop", False))
     except (VoxCelebError, remote_zip.RemoteZipError) as error:
         print(f"fomm-lessons data voxceleb: error: {error}", file=sys.stderr)
         return 2
