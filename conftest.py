@@ -13,6 +13,8 @@
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,6 +100,25 @@ def parity():
         pytest.skip(f"parity fixtures not found: {path} is missing (they live in ../shared/fomm-parity)")
     with np.load(path) as data:
         return {key: data[key] for key in data.files}
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory):
+    """The book built once per session, as `make book` builds it, for every test that reads it.
+
+    Returns ``(result, html)``: the finished ``jupyter-book build`` process (its return code and
+    output) and the html folder. Skips when Jupyter Book (the ``book`` extra) is not installed.
+    """
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    if not jupyter_book.exists():
+        pytest.skip(f"Jupyter Book is the `book` extra: {jupyter_book} is missing (pip install '.[book]')")
+    out = tmp_path_factory.mktemp("book")
+    result = subprocess.run(
+        [str(jupyter_book), "build", str(ROOT), "--path-output", str(out),
+         "--warningiserror", "--keep-going"],
+        capture_output=True, text=True, timeout=900,
+    )
+    return result, out / "_build" / "html"
 
 
 @pytest.fixture(scope="module")
