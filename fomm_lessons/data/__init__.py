@@ -12,12 +12,13 @@ TensorFlow nor the network code of the VoxCeleb fetcher:
   training pairs and whole videos as ``tf.data``;
 * :mod:`fomm_lessons.data.sample` - :func:`~fomm_lessons.data.sample.make_sample_dataset`,
   :func:`~fomm_lessons.data.sample.ground_truth_flow`;
-* :mod:`fomm_lessons.data.voxceleb` - the VoxCeleb2 subset.
+* :mod:`fomm_lessons.data.voxceleb` - the VoxCeleb2 subset;
+* :mod:`fomm_lessons.data.voxceleb_sources` - where its clips come from, and which are taken.
 """
 
 import importlib
 
-_SUBMODULES = {"frames", "loader", "sample", "voxceleb", "stream", "media", "crop"}
+_SUBMODULES = {"frames", "loader", "sample", "voxceleb", "voxceleb_sources", "stream", "media", "crop"}
 _EXPORTS = {
     "read_video": "frames", "write_video": "frames", "VideoError": "frames",
     "FramesDataset": "loader", "make_dataset": "loader",
