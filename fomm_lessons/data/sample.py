@@ -148,7 +148,8 @@ def smallest_jacobian_determinant(theta, control_params, extent=1.6, points=33):
     """The smallest ``det dT/dz`` of each frame's warp over the square [-extent, extent]^2: (T,)."""
     import tensorflow as tf
 
-    from fomm_lessons.sampling import ThinPlateSplineTransform, make_coordinate_grid
+    from fomm_lessons.sampling import make_coordinate_grid
+    from fomm_lessons.tps import ThinPlateSplineTransform
 
     grid = tf.reshape(make_coordinate_grid(points, points) * extent, [1, points * points, 2])
     jacobian = ThinPlateSplineTransform.from_params(theta, control_params).jacobian(grid)  # (T, N, 2, 2)
@@ -181,7 +182,8 @@ def render(base, margin, theta, control_params):
     """Frames (T, H, W, 3): ``base`` sampled at ``T_t(z) / margin`` with border padding."""
     import tensorflow as tf
 
-    from fomm_lessons.sampling import ThinPlateSplineTransform, grid_sample, make_coordinate_grid
+    from fomm_lessons.sampling import grid_sample, make_coordinate_grid
+    from fomm_lessons.tps import ThinPlateSplineTransform
 
     steps = base.shape[0] - 1
     size = int(round(steps / margin)) + 1
@@ -328,7 +330,8 @@ def ground_truth_flow(root, video, source_index, driving_index):
     """
     import tensorflow as tf
 
-    from fomm_lessons.sampling import ThinPlateSplineTransform, make_coordinate_grid
+    from fomm_lessons.sampling import make_coordinate_grid
+    from fomm_lessons.tps import ThinPlateSplineTransform
 
     meta = load_meta(root)
     size = meta["size"]
