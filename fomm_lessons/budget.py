@@ -138,6 +138,27 @@ def plan_training(probes, budget_s, free_bytes=None, replicas=1, headroom=0.85, 
                 predicted_peak_bytes=peak, limited_by=limited_by)
 
 
+def fit_schedule(train_params, steps, items):
+    """``num_repeats``, ``num_epochs`` and ``epoch_milestones`` that make ``steps`` steps the whole run.
+
+    ``items``: what an epoch visits once per repeat (videos, or identities with
+    ``id_sampling``). The learning-rate drops stay at the same fractions of the
+    run as in ``train_params`` (vox-256: epochs 60 and 90 of 100), so a short run
+    still ends at the low learning rates. An epoch is ``items * num_repeats //
+    batch_size`` steps, as :meth:`fomm_lessons.training.Trainer.steps_per_epoch`
+    counts them.
+    """
+    batch, epochs_before = int(train_params["batch_size"]), int(train_params["num_epochs"])
+    if int(steps) < 1 or int(items) < 1:
+        raise ValueError(f"expected at least 1 step and 1 item, got steps={steps!r}, items={items!r}")
+    repeats = max(1, math.ceil(int(steps) * batch / (epochs_before * int(items))))
+    per_epoch = max(1, int(items) * repeats // batch)
+    epochs = math.ceil(int(steps) / per_epoch)
+    milestones = sorted({max(1, round(m * epochs / epochs_before))
+                         for m in train_params.get("epoch_milestones", [])})
+    return {"num_repeats": repeats, "num_epochs": epochs, "epoch_milestones": milestones}
+
+
 def remembered_plan(run_dir, make):
     """The plan saved in ``run_dir`` by an earlier session, else ``make()``'s, saved there first.
 

@@ -132,3 +132,25 @@ def test_probe_leaves_the_trainer_as_it_was(tmp_path):
     # The restore mattered: one more step of the same kind does change the weights.
     trainer.train_step(budget.synthetic_batch(1, 32))
     assert any(not np.array_equal(a, b) for a, b in zip(before, trainer.get_weights()))
+
+
+@pytest.mark.parametrize("steps, items, batch", [(3000, 16, 16), (4, 9, 2), (250, 40, 8), (7, 3, 4)])
+def test_fit_schedule_makes_the_steps_the_whole_run(steps, items, batch):
+    params = {"batch_size": batch, "num_epochs": 100, "num_repeats": 75, "epoch_milestones": [60, 90]}
+    schedule = budget.fit_schedule(params, steps, items)
+    per_epoch = max(1, items * schedule["num_repeats"] // batch)  # Trainer.steps_per_epoch
+    total = per_epoch * schedule["num_epochs"]
+    assert steps <= total < steps + per_epoch  # the run stops at `steps`, inside the last epoch
+    for before, after in zip([60, 90], schedule["epoch_milestones"]):
+        assert after == max(1, round(before * schedule["num_epochs"] / 100))
+
+
+def test_fit_schedule_of_vox_256_on_a_small_subset():
+    params = {"batch_size": 16, "num_epochs": 100, "num_repeats": 75, "epoch_milestones": [60, 90]}
+    assert budget.fit_schedule(params, 3000, 16) == {"num_repeats": 30, "num_epochs": 100,
+                                                     "epoch_milestones": [60, 90]}
+    assert budget.fit_schedule(params, 600, 16) == {"num_repeats": 6, "num_epochs": 100,
+                                                    "epoch_milestones": [60, 90]}
+    assert budget.fit_schedule(params, 90, 16)["epoch_milestones"] == [54, 81]  # 90 epochs of 1 step
+    with pytest.raises(ValueError, match="at least 1 step"):
+        budget.fit_schedule(params, 0, 16)
