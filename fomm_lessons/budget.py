@@ -93,7 +93,7 @@ def memory_model(probes):
 
 
 def plan_training(probes, budget_s, free_bytes=None, replicas=1, headroom=0.85, max_batch=None,
-                  reserve=0.1, checkpoint_s=600.0):
+                  max_steps=None, reserve=0.1, checkpoint_s=600.0):
     """The batch size and steps of a run that fits the memory and ``budget_s`` seconds of training.
 
     ``probes``: :class:`Probe` measured on one replica. ``free_bytes``: the
@@ -102,7 +102,8 @@ def plan_training(probes, budget_s, free_bytes=None, replicas=1, headroom=0.85, 
     headroom * free_bytes``, at most ``max_batch``. The global batch is
     ``b * replicas``. Steps fill ``(1 - reserve) * budget_s`` (the reserve pays
     for checkpoints and epoch logs); a checkpoint is due every ``checkpoint_s``
-    seconds of steps, so a lost session costs at most that much.
+    seconds of steps, so a lost session costs at most that much. ``max_steps``
+    caps the steps (a quick run).
     """
     probes = list(probes)
     if not probes or any(p.batch_size < 1 or not p.step_s > 0 for p in probes):
@@ -132,6 +133,8 @@ def plan_training(probes, budget_s, free_bytes=None, replicas=1, headroom=0.85, 
     if steps < 1:
         raise ValueError(f"one step at batch {per_replica} takes about {step_s:.1f} s, more than the "
                          f"budget of {budget_s:.0f} s leaves for training")
+    if max_steps is not None:
+        steps = min(steps, int(max_steps))
     peak = None if memory is None else memory[0] + memory[1] * per_replica
     return Plan(batch_size=per_replica * int(replicas), per_replica=per_replica, steps=steps,
                 step_s=step_s, checkpoint_every=max(1, min(steps, _floor(checkpoint_s / step_s))),
