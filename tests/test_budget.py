@@ -57,7 +57,8 @@ def test_cpu_has_no_memory_limit_but_needs_a_cap():
     probes = [Probe(2, 1.5)]
     plan = plan_training(probes, budget_s=30, max_batch=2, reserve=0.0)
     assert (plan.batch_size, plan.steps, plan.predicted_peak_bytes) == (2, 20, None)
-    assert plan_training(probes, budget_s=30, max_batch=2, max_steps=4).steps == 4
+    capped = plan_training(probes, budget_s=30, max_batch=2, max_steps=4)
+    assert (capped.steps, capped.checkpoint_every) == (4, 4)
     with pytest.raises(ValueError, match="give max_batch"):
         plan_training(probes, budget_s=30)
 
