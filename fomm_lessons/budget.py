@@ -148,8 +148,7 @@ def fit_schedule(train_params, steps, items):
     ``id_sampling``). The learning-rate drops stay at the same fractions of the
     run as in ``train_params`` (vox-256: epochs 60 and 90 of 100), so a short run
     still ends at the low learning rates. An epoch is ``items * num_repeats //
-    batch_size`` steps, as :meth:`fomm_lessons.training.Trainer.steps_per_epoch`
-    counts them.
+    batch_size`` steps, as the trainer counts them.
     """
     batch, epochs_before = int(train_params["batch_size"]), int(train_params["num_epochs"])
     if int(steps) < 1 or int(items) < 1:
