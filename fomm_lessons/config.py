@@ -76,6 +76,26 @@ def builtin_config_path(name):
     return importlib.resources.files("fomm_lessons") / "configs" / f"{name}.yaml"
 
 
+def small_variant(config, num_kp=4, block_expansion=4, max_features=16, num_blocks=3):
+    """A copy of ``config`` with narrow, shallow networks: the same wiring, a first step in seconds.
+
+    Every network gets ``block_expansion`` and ``max_features`` channels, the
+    two hourglasses ``num_blocks`` levels and the generator one bottleneck
+    block; used to check that training works (chapter 10) and for quick runs.
+    """
+    small = copy.deepcopy(config)
+    model = small["model_params"]
+    model["common_params"]["num_kp"] = int(num_kp)
+    generator = model["generator_params"]
+    parts = [model["kp_detector_params"], generator, generator["dense_motion_params"]]
+    for part in parts + ([model["discriminator_params"]] if "discriminator_params" in model else []):
+        part.update(block_expansion=int(block_expansion), max_features=int(max_features))
+    for part in (model["kp_detector_params"], generator["dense_motion_params"]):
+        part["num_blocks"] = int(num_blocks)
+    generator["num_bottleneck_blocks"] = 1
+    return validate_config(small)
+
+
 def load_config(path_or_name, command=None):
     """Read and check a FOMM YAML config: a file path or a built-in name ('vox-256', ...).
 

@@ -16,7 +16,8 @@ in ``DIR/results.jsonl``), within a time budget (8 minutes by default):
 A configuration that runs out of memory is recorded as ``"status": "oom"``
 and the suite goes on. ``--device cpu`` runs the same code with the small
 cpu-64 networks at 64x64 and tiny batches in a few seconds, so that the
-command is tested where no GPU is.
+command is tested where no GPU is. ``--only sampler`` (or ``animate``, ``train``, comma-separated)
+runs a part of it.
 """
 
 import argparse
@@ -30,6 +31,7 @@ import warnings
 
 GFLOP_PER_IMAGE = 673.0  # vox-adv-256, 256x256, one training iteration (forward and backward)
 PRECISIONS = ("bfloat16", "float16", "off")
+WORKLOADS = ("animate", "sampler", "train")  # in the order they run (--only picks some)
 
 PLANS = {
     "gpu": dict(train_config="vox-adv-256", size=256, batches=(8, 16, 32), xla=(True, False),
@@ -253,7 +255,13 @@ def main(argv=None):
     parser.add_argument("--device", choices=("auto", "gpu", "cpu"), default="auto",
                         help="auto: the GPU when there is one, else the CPU plan")
     parser.add_argument("--budget-s", type=float, default=480.0, help="stop starting measurements after this")
+    parser.add_argument("--only", default=",".join(WORKLOADS),
+                        help=f"comma-separated workloads to run, of {', '.join(WORKLOADS)} (default: all)")
     args = parser.parse_args(argv)
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(only) - set(WORKLOADS))
+    if unknown or not only:
+        parser.error(f"--only: expected workloads among {', '.join(WORKLOADS)}, got {args.only!r}")
 
     import tensorflow as tf
 
@@ -270,9 +278,9 @@ def main(argv=None):
                 budget_s=args.budget_s)
     with tf.device("/GPU:0" if device == "gpu" else "/CPU:0"):
         # Animation and the sampler first: they are short, and the training grid fills what is left.
-        run_animation(suite, plan)
-        run_sampler(suite, plan)
-        run_training(suite, plan)
+        for name in WORKLOADS:
+            if name in only:
+                {"animate": run_animation, "sampler": run_sampler, "train": run_training}[name](suite, plan)
     suite.write(workload="done", results=suite.path,
                 oom=sum(r.get("status") == "oom" for r in suite.records),
                 skipped=sum(r.get("status") == "skipped" for r in suite.records))

@@ -306,3 +306,31 @@ def plot_training_curves(path, ax=None, losses=None, log_scale=True):
     ax.set_ylabel("loss")
     ax.legend(fontsize="small")
     return ax
+
+
+def last_logged_images(logdir):
+    """The newest image summary of a TensorBoard folder: ``(step, tag, images (N, H, W, 3) in [0, 1])``.
+
+    A training run writes one a epoch (source | driving with keypoints | deformed
+    | prediction | occlusion, :func:`fomm_lessons.run_folder.log_epoch`); this reads
+    it back without TensorBoard. None when the folder holds no image yet.
+    """
+    import glob
+    import os
+
+    import tensorflow as tf
+
+    newest = None
+    for path in sorted(glob.glob(os.path.join(os.fspath(logdir), "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name != "images":
+                    continue
+                if newest is None or event.step >= newest[0]:
+                    newest = (int(event.step), value.tag, value.tensor)
+    if newest is None:
+        return None
+    step, tag, tensor = newest
+    encoded = tf.make_ndarray(tensor)[2:]  # width, height, then one PNG per image
+    images = np.stack([tf.io.decode_png(png, channels=3).numpy() for png in encoded])
+    return step, tag, images.astype(np.float32) / 255.0

@@ -193,3 +193,26 @@ def test_training_and_reconstruction_need_the_rest(command, config, message):
 def test_the_command_is_one_of_the_known_ones():
     with pytest.raises(ValueError, match=r"expected command in \[None, 'animate', .*got 'trian'"):
         validate_config(_vox(), command="trian")
+
+
+def test_small_variant_narrows_every_network_and_leaves_the_original_alone():
+    from fomm_lessons.checkpoint import build_models
+    from fomm_lessons.config import load_config, small_variant
+
+    config = load_config("cpu-64")
+    small = small_variant(config)
+    assert config == load_config("cpu-64")  # a copy: the original is untouched
+    model = small["model_params"]
+    assert model["common_params"]["num_kp"] == 4
+    assert model["generator_params"]["num_bottleneck_blocks"] == 1
+    assert model["kp_detector_params"]["num_blocks"] == 3
+    assert small["train_params"] == config["train_params"]
+
+    import numpy as np
+
+    def count(params):
+        models = build_models(params, discriminator=True)
+        return sum(int(np.prod(w.shape)) for net in (models.kp_detector, models.generator, models.discriminator)
+                   for w in net.weights)
+
+    assert count(model) < count(config["model_params"]) / 8  # 54139 against 519305 weights

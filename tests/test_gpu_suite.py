@@ -45,3 +45,18 @@ def test_a_spent_budget_skips_instead_of_running(tmp_path):
     record = suite.measure("animate", lambda: pytest.fail("must not run"), 1, steps=1, warmup=1)
     assert record["status"] == "skipped"
     suite.close()
+
+
+def test_only_runs_the_workloads_asked_for(tmp_path):
+    assert gpu_suite.main(["--out", str(tmp_path), "--device", "cpu", "--only", "sampler"]) == 0
+    workloads = [json.loads(line)["workload"] for line in open(tmp_path / "results.jsonl")]
+    assert workloads == ["machine", "sampler/dense_motion", "sampler/generator", "done"]
+
+
+def test_only_names_an_unknown_workload(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        gpu_suite.main(["--out", str(tmp_path), "--device", "cpu", "--only", "sampler,animation"])
+    assert stop.value.code == 2
+    assert "--only: expected workloads among animate, sampler, train, got 'sampler,animation'" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "results.jsonl").exists()

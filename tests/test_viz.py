@@ -213,3 +213,22 @@ def test_plot_keypoints_draws_each_jacobian_axis_from_its_keypoint():
     with pytest.raises(ValueError, match=r"\(K, 2\)"):
         viz.plot_keypoints(ax, image, kp[0])
     plt.close("all")
+
+
+def test_last_logged_images_reads_back_the_newest_grid(tmp_path):
+    import tensorflow as tf
+
+    from fomm_lessons.viz import last_logged_images
+
+    assert last_logged_images(tmp_path) is None
+    rng = np.random.default_rng(0)
+    old, new = (np.round(rng.random((2, 4, 6, 3)) * 255) / 255 for _ in range(2))
+    writer = tf.summary.create_file_writer(str(tmp_path))
+    with writer.as_default():
+        tf.summary.scalar("loss/perceptual", 1.0, step=3)
+        tf.summary.image("grid", old.astype(np.float32), step=3)
+        tf.summary.image("grid", new.astype(np.float32), step=7)
+    writer.flush()
+    step, tag, images = last_logged_images(tmp_path)
+    assert (step, tag, images.shape) == (7, "grid", (2, 4, 6, 3))
+    np.testing.assert_allclose(images, new, atol=1e-6)  # PNG is lossless on 8-bit values
