@@ -118,6 +118,31 @@ def resize_deformation(deformation, height, width):
     return np.asarray(resize_to(deformation[None], int(height), int(width)))[0]
 
 
+def area_scale(deformation, radius=None):
+    """Mean ``det dT/dz`` of a sampling grid T (h, w, 2) of (x, y) in [-1, 1]: the source area one unit of
+    the output shows, averaged over the pixels with ``|z| < radius`` (all pixels when None).
+
+    Above 1 the warp shrinks what it shows (a face drawn smaller than in the
+    source), below 1 it enlarges it; ``area_scale ** -0.5`` is the change of size.
+    Derivatives are central differences (one-sided at the border).
+    """
+    from fomm_lessons.sampling import make_coordinate_grid
+
+    deformation = np.asarray(deformation, np.float64)
+    if deformation.ndim != 3 or deformation.shape[-1] != 2 or min(deformation.shape[:2]) < 2:
+        raise ValueError(f"expected a sampling grid of shape (h, w, 2) with h, w >= 2, got {deformation.shape}")
+    height, width = deformation.shape[:2]
+    d_dx = np.gradient(deformation, 2.0 / (width - 1), axis=1)  # (h, w, 2): dT/dx
+    d_dy = np.gradient(deformation, 2.0 / (height - 1), axis=0)  # (h, w, 2): dT/dy
+    det = d_dx[..., 0] * d_dy[..., 1] - d_dx[..., 1] * d_dy[..., 0]  # (h, w)
+    if radius is None:
+        return float(det.mean())
+    inside = np.linalg.norm(np.asarray(make_coordinate_grid(height, width)), axis=-1) < radius
+    if not inside.any():
+        raise ValueError(f"expected a radius that holds at least one pixel centre, got {radius}")
+    return float(det[inside].mean())
+
+
 def end_point_error(deformation, ground_truth):
     """Mean end-point error in pixels of a deformation (h, w, 2) against the true flow (H, W, 2) where visible.
 

@@ -129,3 +129,24 @@ def test_motion_epe_of_the_model(models, dataset):
         deformation = models.generator(video[:1], kp_source=kp_source, kp_driving=kp_driving)["deformation"]
         errors.append(evaluate.end_point_error(np.asarray(deformation)[0], flow)[0])
     assert result["epe"] == pytest.approx(np.mean(errors), rel=1e-5)
+
+
+def test_area_scale_is_the_determinant_of_the_warp():
+    """Affine grids: det A exactly; a quadratic warp: the analytic mean of (1 + 0.4 x)(1 + 0.6 y) inside a disc."""
+    from fomm_lessons.sampling import make_coordinate_grid
+
+    grid = np.asarray(make_coordinate_grid(33, 33), np.float64)  # (33, 33, 2) of (x, y)
+    a = np.array([[0.7, -0.2], [0.3, 0.9]])
+    affine = grid @ a.T + np.array([0.1, -0.05])
+    assert evaluate.area_scale(affine) == pytest.approx(np.linalg.det(a), rel=1e-12)
+    assert evaluate.area_scale(affine, radius=0.5) == pytest.approx(np.linalg.det(a), rel=1e-12)
+    assert evaluate.area_scale(grid * 2.0) == pytest.approx(4.0)  # shows twice the width: faces half the size
+    x, y = grid[..., 0], grid[..., 1]
+    quadratic = np.stack([x + 0.2 * x**2, y + 0.3 * y**2], axis=-1)
+    inside = np.hypot(x, y) < 0.6
+    expected = ((1 + 0.4 * x) * (1 + 0.6 * y))[inside].mean()  # central differences are exact here
+    assert evaluate.area_scale(quadratic, radius=0.6) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match=r"\(h, w, 2\)"):
+        evaluate.area_scale(np.zeros((4, 4, 3)))
+    with pytest.raises(ValueError, match="radius"):
+        evaluate.area_scale(grid, radius=0.0)
