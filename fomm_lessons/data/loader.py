@@ -28,11 +28,11 @@ def _map(dataset, function, num_parallel_calls):
 
     With ``tf.config.experimental.enable_op_determinism()`` (as the chapters and
     the tests run), tf.data's ``make_deterministic`` graph rewrite turns a
-    parallel map whose function holds stateful ops (ours: the file reads and
-    look-up tables) into a sequential map anyway, and TensorFlow 2.21 logs an
-    error line with a timestamp while doing so ("NodeDef mentions attribute
-    use_unbounded_threadpool which is not in the op definition"). Asking for the
-    sequential map here gives the same items, without the rewrite and its line.
+    parallel map whose function holds stateful ops, as ours does, into a
+    sequential map anyway, and TensorFlow 2.21 logs an error line with a
+    timestamp while doing so ("NodeDef mentions attribute use_unbounded_threadpool
+    which is not in the op definition"). Asking for the sequential map here
+    gives the same items, without the rewrite and its line.
     """
     from tensorflow.python.framework import config as tf_config  # no public getter
 
