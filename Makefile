@@ -1,9 +1,14 @@
 # One entry point for setting up, building and testing fomm-lessons.
-#   make book         set up .venv/ and build the book into _build/html/
-#   make test         set up .venv/ and run every test (what CI runs)
-#   make test-legacy  the tensorflow-addons cross-check in .venv-legacy/ (part of `make test`)
-#   make test-envs    the lowest-versions and the Colab-like environments (envs.mk; part of `make test`)
-#   make browser      Debian's Chromium for tests/test_browser.py (part of `make test`)
+#   make book           set up .venv/ and build the book into _build/html/
+#   make test           set up every environment, then run every test (what CI runs)
+#   make test-unit      the tests in tests/ in .venv/, the book build and browser test among them
+#   make test-chapters  every chapter of _toc.yml re-run by nbval in .venv/ (`make test` runs them
+#                       in the Colab-like environment instead, each alone: envs.mk)
+#   make test-legacy    the tensorflow-addons cross-check in .venv-legacy/ (part of `make test`)
+#   make test-envs      the lowest-versions and the Colab-like environments (envs.mk; part of `make test`)
+#   make browser        Debian's Chromium for tests/test_browser.py (part of `make test`)
+# Tests run in parallel, one pytest-xdist worker per CPU (PYTEST_WORKERS=1 runs them in one process):
+# most of a test's time is Python and graph tracing, which uses one core.
 
 PYTHON ?= python3
 VENV := .venv
@@ -12,8 +17,12 @@ EXTRAS := tf-cpu,book,test,oracle
 LEGACY := .venv-legacy
 LEGACY_PYTHON ?= python3.11
 PYTEST_ARGS ?=
+PYTEST_WORKERS ?= auto
+# loadfile keeps a file's tests (a notebook's cells) in order on one worker.
+XDIST = $(if $(filter 1,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
+NBVAL = --nbval --nbval-sanitize-with $(CURDIR)/book/nbval-sanitize.cfg
 
-.PHONY: venv book test test-unit test-legacy browser clean
+.PHONY: venv book setup test test-unit test-chapters test-legacy legacy-env browser clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,10 +36,13 @@ book: venv
 	$(BIN)/jupyter-book build . --warningiserror --keep-going
 	@echo "The book is in _build/html/index.html"
 
-# Unit tests, the book build (tests/test_book.py) and every chapter in _toc.yml
-# re-run and compared with its stored outputs by nbval.
+# Unit tests, with the book build (tests/test_book.py) and the browser test sharing one build.
 test-unit: venv browser
-	$(BIN)/python -m pytest tests book --nbval --nbval-sanitize-with book/nbval-sanitize.cfg $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) tests $(PYTEST_ARGS)
+
+# Every chapter in _toc.yml re-run and compared with its stored outputs by nbval.
+test-chapters: venv
+	$(BIN)/python -m pytest $(XDIST) $(NBVAL) book $(PYTEST_ARGS)
 
 # tensorflow-addons only imports with TensorFlow <= 2.15 and Python <= 3.11, so
 # its cross-check of `resample` runs in a separate, older environment.
@@ -39,6 +51,9 @@ $(LEGACY)/.installed: pyproject.toml
 	$(LEGACY)/bin/python -m pip install --quiet "tensorflow==2.15.1" "tensorflow-addons==0.23.0" "numpy<2" pytest pyyaml
 	$(LEGACY)/bin/python -m pip install --quiet --no-deps -e .
 	touch $@
+
+legacy-env:
+	@if command -v $(LEGACY_PYTHON) >/dev/null 2>&1; then $(MAKE) --no-print-directory $(LEGACY)/.installed; fi
 
 test-legacy:
 	@if command -v $(LEGACY_PYTHON) >/dev/null 2>&1; then \
@@ -62,7 +77,13 @@ browser:
 
 include envs.mk
 
-test: test-unit test-legacy test-envs
+# Every environment is installed first, side by side (downloads and unpacking overlap), then
+# the tests run one environment after the other, each using every CPU.
+setup: venv legacy-env envs-installed browser
+
+test:
+	$(MAKE) --no-print-directory -j4 --output-sync=target setup
+	$(MAKE) --no-print-directory test-unit test-legacy test-envs
 
 clean:
 	rm -rf _build $(VENV) $(LEGACY) $(ENVS)

@@ -13,6 +13,8 @@
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,6 +100,38 @@ def parity():
         pytest.skip(f"parity fixtures not found: {path} is missing (they live in ../shared/fomm-parity)")
     with np.load(path) as data:
         return {key: data[key] for key in data.files}
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory):
+    """The book built once per test run, as `make book` builds it, for every test that reads it.
+
+    Returns ``(result, html)``: the ``jupyter-book build`` process that ran (``returncode``,
+    ``stdout``, ``stderr``) and the html folder. Under pytest-xdist the workers share one build:
+    the first to ask builds it under a lock, the others wait and read it. Skips when Jupyter Book
+    (the ``book`` extra) is not installed.
+    """
+    import fcntl
+    import types
+
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    if not jupyter_book.exists():
+        pytest.skip(f"Jupyter Book is the `book` extra: {jupyter_book} is missing (pip install '.[book]')")
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the folder all workers' temporary folders share
+    out, record = base / "book-build", base / "book-build.json"
+    with open(base / "book-build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not record.exists():
+            result = subprocess.run(
+                [str(jupyter_book), "build", str(ROOT), "--path-output", str(out),
+                 "--warningiserror", "--keep-going"],
+                capture_output=True, text=True, timeout=900,
+            )
+            record.write_text(json.dumps({"returncode": result.returncode, "stdout": result.stdout,
+                                          "stderr": result.stderr}))
+    return types.SimpleNamespace(**json.loads(record.read_text())), out / "_build" / "html"
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,11 @@
 #                     tensorflow-cpu, on the oldest supported Python
 #   make test-colab   as on Colab: Python 3.12, the full `tensorflow`, fomm_lessons installed from
 #                     a wheel built from this checkout; then every chapter of _toc.yml, each copied
-#                     alone into an empty folder outside the repository, re-run by nbval
+#                     alone into an empty folder outside the repository, re-run by nbval (this
+#                     is where `make test` runs the chapters; without Python 3.12, outside CI,
+#                     it runs them in .venv/ instead: `make test-chapters`)
 #   make test-envs    both
+#   make envs-installed  installs both environments without testing (`make setup` runs it)
 # Downloads are shared through uv's cache (~/.cache/uv): a second run installs from disk.
 # Neither installs the `oracle` extra: PyPI's torch for Linux is a CUDA build of several GB.
 
@@ -30,7 +33,10 @@ define no_python
 	@echo "$@: skipped, Python $(1) is not installed"
 endef
 
-.PHONY: test-envs test-lowest test-colab
+.PHONY: test-envs test-lowest test-colab envs-installed
+
+envs-installed: $(if $(call python_for,$(LOWEST_PYTHON)),$(ENVS)/lowest/.installed) \
+	$(if $(call python_for,$(COLAB_PYTHON)),$(ENVS)/colab/.installed)
 
 $(UV):
 	$(PYTHON) -m venv $(ENVS)/uv
@@ -51,7 +57,7 @@ ifeq ($(call python_for,$(LOWEST_PYTHON)),)
 else
 	@$(MAKE) --no-print-directory $(ENVS)/lowest/.installed
 	@echo "test-lowest: $$(grep -E '^(tensorflow-cpu|keras|numpy|pillow)==' $(ENVS)/lowest.txt | tr '\n' ' ')"
-	env -u PYTHONPATH $(ENVS)/lowest/bin/python -m pytest $(ENV_PYTEST) $(ENV_TESTS) $(PYTEST_ARGS)
+	env -u PYTHONPATH $(ENVS)/lowest/bin/python -m pytest $(XDIST) $(ENV_PYTEST) $(ENV_TESTS) $(PYTEST_ARGS)
 endif
 
 # The wheel is built and installed afresh on every run; the dependencies stay installed.
@@ -60,25 +66,36 @@ endif
 # Then each chapter is copied alone into its own empty folder under a fresh temporary one,
 # where nothing but the installed package can be imported, and nbval re-runs them there.
 COLAB_BIN = $(abspath $(ENVS)/colab/bin)
+
+# The dependencies, from a first wheel; test-colab reinstalls fomm_lessons alone from a fresh one.
+$(ENVS)/colab/.installed: pyproject.toml | $(UV)
+	rm -rf $(ENVS)/dist-deps
+	$(UV) build --quiet --wheel --out-dir $(ENVS)/dist-deps .
+	test -d $(ENVS)/colab || $(UV) venv --quiet --python "$(call python_for,$(COLAB_PYTHON))" $(ENVS)/colab
+	$(UV) pip install --quiet --python $(ENVS)/colab \
+		"fomm-lessons[tf,test] @ file://$$(ls $(abspath $(ENVS))/dist-deps/*.whl)"
+	touch $@
+
 test-colab:
 ifeq ($(call python_for,$(COLAB_PYTHON)),)
 	$(call no_python,$(COLAB_PYTHON))
+	@echo "test-colab: the chapters run in .venv/ instead (make test-chapters)"
+	@$(MAKE) --no-print-directory test-chapters
 else
-	@$(MAKE) --no-print-directory $(UV)
+	@$(MAKE) --no-print-directory $(ENVS)/colab/.installed
 	rm -rf $(ENVS)/dist
 	$(UV) build --quiet --wheel --out-dir $(ENVS)/dist .
-	test -d $(ENVS)/colab || $(UV) venv --quiet --python "$(call python_for,$(COLAB_PYTHON))" $(ENVS)/colab
 	$(UV) pip install --quiet --python $(ENVS)/colab --reinstall-package fomm-lessons \
 		"fomm-lessons[tf,test] @ file://$$(ls $(abspath $(ENVS))/dist/*.whl)"
-	cd $(ENVS)/colab && env -u PYTHONPATH FOMM_EXPECT_INSTALLED=1 bin/pytest $(ENV_PYTEST) \
+	cd $(ENVS)/colab && env -u PYTHONPATH FOMM_EXPECT_INSTALLED=1 bin/pytest $(XDIST) $(ENV_PYTEST) \
 		--import-mode=append --rootdir=$(CURDIR) $(addprefix $(CURDIR)/,$(ENV_TESTS)) $(PYTEST_ARGS)
 	@set -e; alone=$$(mktemp -d); trap 'rm -rf "$$alone"' EXIT; \
 	for chapter in $$($(COLAB_BIN)/python -c 'import conftest; print(*conftest.toc_notebooks())'); do \
 		name=$$(basename $$chapter .ipynb); mkdir "$$alone/$$name"; cp $$chapter "$$alone/$$name/"; \
 	done; \
 	echo "test-colab: the chapters, each alone in $$alone/NAME/"; \
-	cd "$$alone" && env -u PYTHONPATH $(COLAB_BIN)/pytest -p no:cacheprovider --nbval --nbval-current-env \
-		--nbval-sanitize-with $(CURDIR)/book/nbval-sanitize.cfg */*.ipynb $(PYTEST_ARGS)
+	cd "$$alone" && env -u PYTHONPATH $(COLAB_BIN)/pytest -p no:cacheprovider $(XDIST) $(NBVAL) \
+		--nbval-current-env */*.ipynb $(PYTEST_ARGS)
 endif
 
 test-envs: test-lowest test-colab

@@ -13,7 +13,7 @@ _SUBMODULES = {
     "sampling", "blocks", "config", "keypoint_detector", "dense_motion", "generator",
     "discriminator", "perceptual", "losses", "checkpoint", "data", "training",
     "animate", "evaluate", "viz", "notebook", "bench", "cli", "torchfile", "gpu_suite",
-    "pretrained", "download",
+    "pretrained", "download", "pyramid", "tps", "torchpickle", "registry",
 }
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from fomm_lessons.discriminator import MultiScaleDiscriminator, SpectralNormConv2D
 from fomm_lessons.generator import OcclusionAwareGenerator
 from fomm_lessons.keypoint_detector import KeypointDetector
-from fomm_lessons.sampling import AntiAliasDownsample
+from fomm_lessons.pyramid import AntiAliasDownsample
 
 PARTS = ("kp_detector", "generator", "discriminator")
 WEIGHT_FILES = {part: f"{part}.weights.h5" for part in PARTS}

@@ -4,7 +4,8 @@ import keras
 import tensorflow as tf
 
 from fomm_lessons.blocks import Hourglass, conv2d
-from fomm_lessons.sampling import AntiAliasDownsample, grid_sample, keypoints_to_gaussian, make_coordinate_grid
+from fomm_lessons.pyramid import AntiAliasDownsample
+from fomm_lessons.sampling import grid_sample, keypoints_to_gaussian, make_coordinate_grid
 
 MIN_ABS_DETERMINANT = 1e-4
 

@@ -165,7 +165,7 @@ class Discriminator(keras.Model):
 class MultiScaleDiscriminator(keras.Model):
     """One :class:`Discriminator` per scale of the image pyramid, as the original's.
 
-    Call with ``{scale: images}`` (what :class:`fomm_lessons.sampling.ImagePyramid`
+    Call with ``{scale: images}`` (what :class:`fomm_lessons.pyramid.ImagePyramid`
     returns; a bare tensor when the only scale is 1) and ``kp``; returns
     ``{scale: (feature_maps, prediction_map)}`` with float scales. The
     sub-networks sit in ``discs`` under the original's keys (``"1"``, ``"0-5"``).

@@ -186,7 +186,7 @@ def keypoint_equivariance(root, models, split="test", transform_params=None, see
 
     from fomm_lessons.animate import detect_keypoints
     from fomm_lessons.data.frames import load_frames
-    from fomm_lessons.sampling import ThinPlateSplineTransform
+    from fomm_lessons.tps import ThinPlateSplineTransform
 
     params = {"sigma_affine": 0.05, "sigma_tps": 0.005, "points_tps": 5, **(transform_params or {})}
     per_video = {}

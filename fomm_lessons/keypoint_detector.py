@@ -4,7 +4,8 @@ import keras
 import tensorflow as tf
 
 from fomm_lessons.blocks import Hourglass, conv2d
-from fomm_lessons.sampling import AntiAliasDownsample, make_coordinate_grid
+from fomm_lessons.pyramid import AntiAliasDownsample
+from fomm_lessons.sampling import make_coordinate_grid
 
 
 @keras.saving.register_keras_serializable(package="fomm_lessons")

@@ -9,7 +9,7 @@ the GAN, so its discriminator never runs in the generator step).
 import tensorflow as tf
 
 from fomm_lessons.dense_motion import invert_jacobians
-from fomm_lessons.sampling import ThinPlateSplineTransform
+from fomm_lessons.tps import ThinPlateSplineTransform
 
 
 def _weights_list(weights):
@@ -96,7 +96,7 @@ def generator_losses(models, source, driving, train_params, pyramid, vgg=None, t
 
     ``models`` has ``kp_detector``, ``generator`` and (when the GAN is used)
     ``discriminator`` (a :class:`~fomm_lessons.discriminator.MultiScaleDiscriminator`); ``pyramid`` is an
-    :class:`~fomm_lessons.sampling.ImagePyramid` over ``train_params["scales"]``;
+    :class:`~fomm_lessons.pyramid.ImagePyramid` over ``train_params["scales"]``;
     ``vgg`` a :class:`~fomm_lessons.perceptual.Vgg19Features` (needed when the
     perceptual weights are not all 0); ``transform`` the random TPS of the
     equivariance losses (drawn from ``transform_params`` when ``None``).

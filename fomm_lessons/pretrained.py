@@ -1,6 +1,7 @@
 """Trained models by name, the way ``keras.applications`` and ``torchvision`` offer them.
 
-:func:`names` lists the models this package knows, :func:`info` describes one
+:func:`names` lists the models this package knows (their entries are in
+:mod:`fomm_lessons.registry`), :func:`info` describes one
 (its config, where its weights come from, their size and sha256, licence,
 training data and measured quality) and :func:`load` returns ``(models,
 config)``: the networks of :func:`fomm_lessons.checkpoint.build_models` with
@@ -27,14 +28,13 @@ Two kinds of weights:
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
-import urllib.parse
 from pathlib import Path
 
 from fomm_lessons.download import DownloadError, Source, check_file, fetch_file, file_digest, move_aside
+from fomm_lessons.registry import Entry, lookup, names, register, unregister
 
 __all__ = ["Entry", "Source", "DownloadError", "names", "info", "load", "fetch", "resolve",
            "register", "unregister", "cache_dir", "update_digests", "verify_shipped"]
@@ -46,109 +46,6 @@ CONVERTED_MARKER = "converted.json"  # written last in NAME/keras/: the conversi
 UPDATE_HINT = "python -m fomm_lessons.pretrained --update-digests {name}"
 # A torch.save file starts as a zip (torch >= 1.6) or as a protocol-2 pickle (the legacy layout).
 _TORCH_MAGIC = (b"PK\x03\x04", b"\x80\x02")
-
-
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    """A model by name: shipped Keras weights (``shipped``) or a published file (``sources``)."""
-
-    name: str
-    config: str  # a built-in config name or a YAML path
-    summary: str
-    trained_on: str
-    licence: str
-    shipped: str = None  # folder under fomm_lessons/weights/
-    sources: tuple = ()  # Source, tried in order
-    filename: str = None  # of the published file, in the cache
-    size: int = None  # bytes of the published file, once known
-    sha256: str = None  # of the published file, once known; None: unverified
-    quality: dict = None  # measured quality of a published model (shipped ones: quality.json)
-
-
-def _yandex(public_key, path):
-    """The Yandex Disk API call that answers with a download link for ``path`` in a public folder."""
-    query = urllib.parse.urlencode({"public_key": public_key, "path": path})
-    return f"https://cloud-api.yandex.net/v1/disk/public/resources/download?{query}"
-
-
-# Where the published checkpoints are (from the READMEs and scripts of public repositories; links
-# die, so every known one is listed, the authors' own first):
-# * The authors' README (AliaksandrSiarohin/first-order-model) links a Google Drive folder,
-#   drive.google.com/open?id=1PyQJmkdCsAkOYwUyaj_l-l0as-iLDgeH, and a Yandex Disk folder,
-#   yadi.sk/d/lEw8uRm140L_eQ. Drive folders cannot be listed without an API key, so only the
-#   Yandex folder is tried (its public API gives a direct link to one file of the folder).
-# * graphemecluster/first-order-model-demo, whose Colab demo the authors' README points to,
-#   mirrors both files as assets of its GitHub release "checkpoints".
-# * Avatarify (alievk/avatarify-python) mirrors vox-adv-cpk.pth.tar on S3 and Google Drive and
-#   publishes its md5, 8a45a24037871c045fbb8a6a8aa95ebc (228 MB), checked for those copies only.
-# No sha256 has been published; until one is recorded here the entries are unverified, and a
-# download prints the sha256 it computed.
-_AUTHORS_YANDEX = "https://yadi.sk/d/lEw8uRm140L_eQ"
-_DEMO_RELEASE = "https://github.com/graphemecluster/first-order-model-demo/releases/download/checkpoints"
-_AVATARIFY_MD5 = "8a45a24037871c045fbb8a6a8aa95ebc"
-_VOX_TRAINED_ON = ("VoxCeleb1 (Nagrani, Chung and Zisserman 2017): face videos from YouTube interviews, "
-                   "cropped to 256x256 by the authors' video-preprocessing")
-_VOX_LICENCE = ("published by the FOMM authors beside their code (CC BY-NC 4.0 until 2023, MIT since), "
-                "with no separate licence stated for the weights; the training videos come from YouTube")
-_VOX_QUALITY = {"note": "not measured here: it needs the VoxCeleb test set (fomm-lessons reconstruct)"}
-
-_REGISTRY = {}
-
-
-def register(entry, replace=False):
-    """Add ``entry`` to the names :func:`load` knows (tests and mirrors add their own); returns it."""
-    if entry.name in _REGISTRY and not replace:
-        raise ValueError(f"a model named {entry.name!r} is already registered (pass replace=True)")
-    if bool(entry.shipped) == bool(entry.sources):
-        raise ValueError(f"model {entry.name!r}: expected either shipped weights or sources, not both or none")
-    if entry.sources and not entry.filename:
-        raise ValueError(f"model {entry.name!r}: a downloaded model needs a filename")
-    _REGISTRY[entry.name] = entry
-    return entry
-
-
-def unregister(name):
-    """Remove a name added with :func:`register`; returns its entry."""
-    return _REGISTRY.pop(_entry(name).name)
-
-
-register(Entry(
-    "sample-64", config="sample-64", shipped="sample-64",
-    summary="the cpu-64 networks trained by this project on the offline sample faces, 64x64",
-    trained_on=("the offline sample set with the 'extended' identities: 8 training images from scikit-image "
-                "and matplotlib sample data moved by known motions, the unseen test face grace_hopper "
-                "(fomm-lessons data sample --size 64 --identities extended --seed 0)"),
-    licence="MIT (this project); the training photographs are public domain or CC0 "
-            "(fomm_lessons.data.sample.SOURCES)"))
-register(Entry(
-    "vox-256", config="vox-256", filename="vox-cpk.pth.tar",
-    summary="the authors' published VoxCeleb model without the adversarial loss (vox-cpk.pth.tar), 256x256",
-    trained_on=_VOX_TRAINED_ON, licence=_VOX_LICENCE, quality=_VOX_QUALITY,
-    sources=(Source(_yandex(_AUTHORS_YANDEX, "/vox-cpk.pth.tar"), "yandex", "the authors (Yandex Disk)"),
-             Source(f"{_DEMO_RELEASE}/vox-cpk.pth.tar", publisher="graphemecluster/first-order-model-demo"))))
-register(Entry(
-    "vox-adv-256", config="vox-adv-256", filename="vox-adv-cpk.pth.tar",
-    summary="the authors' published VoxCeleb model with the adversarial loss (vox-adv-cpk.pth.tar), 256x256",
-    trained_on=_VOX_TRAINED_ON, licence=_VOX_LICENCE, quality=_VOX_QUALITY,
-    sources=(Source(_yandex(_AUTHORS_YANDEX, "/vox-adv-cpk.pth.tar"), "yandex", "the authors (Yandex Disk)"),
-             Source(f"{_DEMO_RELEASE}/vox-adv-cpk.pth.tar", publisher="graphemecluster/first-order-model-demo"),
-             Source("https://openavatarify.s3.amazonaws.com/weights/vox-adv-cpk.pth.tar",
-                    publisher="avatarify (S3)", md5=_AVATARIFY_MD5),
-             Source("https://openavatarify.s3-avatarify.com/weights/vox-adv-cpk.pth.tar",
-                    publisher="avatarify (S3)", md5=_AVATARIFY_MD5),
-             Source("https://drive.usercontent.google.com/download?id=1coUCdyRXDbpWnEkA99NLNY60mb9dQ_n3"
-                    "&export=download&confirm=t", publisher="avatarify (Google Drive)", md5=_AVATARIFY_MD5))))
-
-
-def names():
-    """The model names :func:`load` accepts."""
-    return list(_REGISTRY)
-
-
-def _entry(name):
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; expected one of {names()}")
-    return _REGISTRY[name]
 
 
 # ---------------------------------------------------------------------------
@@ -176,10 +73,10 @@ def cache_dir():
 
 def shipped_folder(name):
     """The package folder of a shipped model's files."""
-    entry = _entry(name)
+    entry = lookup(name)
     if not entry.shipped:
         raise ValueError(f"{name} is downloaded ({entry.filename}), not shipped in the package; "
-                         f"expected one of {[n for n, e in _REGISTRY.items() if e.shipped]}")
+                         f"expected one of {[n for n in names() if lookup(n).shipped]}")
     return WEIGHTS_DIR / entry.shipped
 
 
@@ -227,7 +124,7 @@ def verify_shipped(name):
 
 def info(name):
     """A dict describing model ``name``: config, weights (where, size, sha256, verified), licence, quality."""
-    entry = _entry(name)
+    entry = lookup(name)
     out = {"name": entry.name, "kind": "shipped" if entry.shipped else "download", "config": entry.config,
            "summary": entry.summary, "trained_on": entry.trained_on, "licence": entry.licence}
     if entry.shipped:
@@ -284,7 +181,7 @@ def fetch(name, checkpoint=None, progress=True):
     ``checkpoint``: a file you already have, checked (never changed) and used instead.
     A file that fails its checks is renamed aside and the next URL is tried.
     """
-    entry = _entry(name)
+    entry = lookup(name)
     if entry.shipped:
         raise ValueError(f"{name} ships Keras weights in {shipped_folder(name)}; there is no .pth.tar to fetch")
     return _fetch(entry, checkpoint, progress)[0]
@@ -295,7 +192,7 @@ def converted_folder(name, checkpoint=None, progress=True):
     from fomm_lessons.checkpoint import load_checkpoint, save_models
     from fomm_lessons.config import load_config
 
-    entry = _entry(name)
+    entry = lookup(name)
     folder = cache_dir() / entry.name / "keras"
     marker = folder / CONVERTED_MARKER
     done = _read_json(marker, None)
@@ -335,10 +232,10 @@ def resolve(checkpoint, config=None, kind="weights", progress=True):
             raise ValueError(f"the checkpoint path {text} needs its config (--config): only a model name "
                              f"brings its own ({', '.join(names())})")
         return text, config
-    if text not in _REGISTRY:
+    if text not in names():
         raise FileNotFoundError(f"no checkpoint {text!r}: it is not a file or folder, and not a model name "
                                 f"(expected a path or one of {names()})")
-    entry = _REGISTRY[text]
+    entry = lookup(text)
     config = entry.config if config is None else config
     if entry.shipped:
         if kind == "torch":
@@ -390,7 +287,7 @@ def models_main(args):
     if args.models_command == "info":
         print(json.dumps(info(args.name), indent=2))
         return 0
-    entry = _entry(args.name)
+    entry = lookup(args.name)
     if entry.shipped:
         if args.checkpoint is not None:
             raise ValueError(f"{args.name} ships its weights; --checkpoint is only for downloaded models")

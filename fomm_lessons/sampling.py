@@ -1,6 +1,5 @@
-"""Geometry shared by every network: coordinate grids, bilinear sampling,
-Gaussian keypoint heatmaps, anti-aliased downsampling and the random
-thin-plate-spline transform of the equivariance losses.
+"""Geometry shared by every network: coordinate grids, bilinear sampling and
+Gaussian keypoint heatmaps.
 
 Conventions (each lives in exactly one function of this file):
 
@@ -8,11 +7,16 @@ Conventions (each lives in exactly one function of this file):
   of the corner pixels (:func:`make_coordinate_grid`);
 * sampling is bilinear with PyTorch ``grid_sample`` semantics
   (:func:`grid_sample`), ``align_corners=True`` by default as in the original.
+
+Two more modules of layer 1 lived here and are re-exported under their old
+names: :mod:`fomm_lessons.pyramid` (``AntiAliasDownsample``, ``ImagePyramid``,
+``gaussian_kernel_1d``) and :mod:`fomm_lessons.tps` (``ThinPlateSplineTransform``,
+loaded on first use, since it imports this module).
 """
 
-import numpy as np
 import tensorflow as tf
-import keras
+
+from fomm_lessons.pyramid import AntiAliasDownsample, ImagePyramid, gaussian_kernel_1d  # noqa: F401
 
 PADDING_MODES = ("zeros", "border", "reflection")
 
@@ -35,7 +39,11 @@ def make_coordinate_grid(height, width, dtype=tf.float32):
 # Bilinear sampling
 # ---------------------------------------------------------------------------
 
-def _check_rank(name, tensor, rank, last=None):
+def check_rank(name, tensor, rank, last=None):
+    """Raise ``ValueError`` naming ``name`` unless ``tensor`` has rank ``rank`` (and last axis ``last``).
+
+    Unknown (symbolic) ranks and sizes pass.
+    """
     shape = tensor.shape
     if shape.rank is not None and shape.rank != rank:
         raise ValueError(f"expected {name} of rank {rank}, got shape {tuple(shape)}")
@@ -201,8 +209,8 @@ def grid_sample(images, grid, padding_mode="zeros", align_corners=True):
         raise ValueError(f"expected align_corners True or False, got {align_corners!r}")
     images = tf.convert_to_tensor(images)
     grid = tf.convert_to_tensor(grid)
-    _check_rank("images (B, H, W, C)", images, 4)
-    _check_rank("grid (B, h, w, 2)", grid, 4, last=2)
+    check_rank("images (B, H, W, C)", images, 4)
+    check_rank("grid (B, h, w, 2)", grid, 4, last=2)
     _check_same_batch(images, grid, "grid")
 
     return _grid_sample_compiled(images, grid, padding_mode, align_corners)
@@ -248,7 +256,7 @@ def resample(images, warp):
     """
     images = tf.convert_to_tensor(images)
     warp = tf.convert_to_tensor(warp)
-    _check_rank("images (B, H, W, C)", images, 4)
+    check_rank("images (B, H, W, C)", images, 4)
     if warp.shape.rank is not None and (warp.shape.rank < 2 or warp.shape[-1] not in (2, None)):
         raise ValueError(f"expected warp of shape (B, ..., 2), got shape {tuple(warp.shape)}")
     _check_same_batch(images, warp, "warp")
@@ -275,203 +283,17 @@ def keypoints_to_gaussian(kp, spatial_size, kp_variance):
     ``spatial_size`` is ``(h, w)``; returns (B, h, w, K).
     """
     kp = tf.convert_to_tensor(kp)
-    _check_rank("kp (B, K, 2)", kp, 3, last=2)
+    check_rank("kp (B, K, 2)", kp, 3, last=2)
     height, width = spatial_size
     grid = make_coordinate_grid(height, width, kp.dtype)  # (h, w, 2)
     diff = grid[None, :, :, None, :] - kp[:, None, None, :, :]  # (B, h, w, K, 2)
     return tf.exp(-0.5 * tf.reduce_sum(tf.square(diff), axis=-1) / kp_variance)
 
 
-# ---------------------------------------------------------------------------
-# Anti-aliased downsampling and the image pyramid
-# ---------------------------------------------------------------------------
+def __getattr__(name):
+    # ThinPlateSplineTransform moved to fomm_lessons.tps, which imports this module: load it late.
+    if name == "ThinPlateSplineTransform":
+        from fomm_lessons.tps import ThinPlateSplineTransform
 
-def gaussian_kernel_1d(scale):
-    """The original's blur for downsampling by ``scale``: returns (sigma, 1-D kernel)."""
-    sigma = (1.0 / scale - 1.0) / 2.0
-    size = 2 * round(sigma * 4) + 1
-    mean = (size - 1) / 2.0
-    taps = np.exp(-((np.arange(size, dtype=np.float64) - mean) ** 2) / (2.0 * sigma**2))
-    return sigma, taps / taps.sum()
-
-
-class AntiAliasDownsample(keras.layers.Layer):
-    """Gaussian blur with sigma ``(1/scale - 1) / 2`` then keep every ``1/scale``-th pixel.
-
-    This is the original's ``AntiAliasInterpolation2d``: zero padding, a
-    ``2 * round(4 sigma) + 1`` kernel, identity when ``scale == 1``.
-    """
-
-    def __init__(self, channels, scale, **kwargs):
-        super().__init__(**kwargs)
-        if not 0 < scale <= 1:
-            raise ValueError(f"expected 0 < scale <= 1, got {scale}")
-        if abs(1.0 / scale - round(1.0 / scale)) > 1e-6:
-            raise ValueError(f"expected scale = 1/n for an integer n, got {scale}")
-        self.channels = int(channels)
-        self.scale = float(scale)
-        self.stride = int(round(1.0 / scale))
-        if self.scale != 1.0:
-            _, taps = gaussian_kernel_1d(self.scale)
-            self.kernel_size = len(taps)
-            kernel = np.outer(taps, taps).astype(np.float32)  # (k, k), sums to 1
-            self.kernel_2d = kernel
-            self._kernel = np.tile(kernel[:, :, None, None], (1, 1, self.channels, 1))  # (k, k, C, 1)
-            self._pad_before = self.kernel_size // 2
-            self._pad_after = self._pad_before - 1 if self.kernel_size % 2 == 0 else self._pad_before
-
-    def call(self, images):
-        if self.scale == 1.0:
-            return images
-        kernel = tf.constant(self._kernel, dtype=images.dtype)
-        p, q = self._pad_before, self._pad_after
-        padded = tf.pad(images, [[0, 0], [p, q], [p, q], [0, 0]])
-        s = self.stride
-        return tf.nn.depthwise_conv2d(padded, kernel, strides=[1, s, s, 1], padding="VALID")
-
-    def compute_output_shape(self, input_shape):
-        def reduce(n):
-            return None if n is None else -(-n // self.stride)
-
-        b, h, w, c = input_shape
-        return (b, reduce(h), reduce(w), c)
-
-    def get_config(self):
-        return {**super().get_config(), "channels": self.channels, "scale": self.scale}
-
-
-class ImagePyramid(keras.layers.Layer):
-    """Anti-aliased copies of an image at every scale: returns ``{scale: images}``."""
-
-    def __init__(self, scales, channels=3, **kwargs):
-        super().__init__(**kwargs)
-        self.scales = [float(s) for s in scales]
-        self.channels = int(channels)
-        self.downs = [AntiAliasDownsample(self.channels, s, name=f"down_{i}") for i, s in enumerate(self.scales)]
-
-    def call(self, images):
-        return {scale: down(images) for scale, down in zip(self.scales, self.downs)}
-
-    def get_config(self):
-        return {**super().get_config(), "scales": self.scales, "channels": self.channels}
-
-
-# ---------------------------------------------------------------------------
-# Random thin-plate-spline transform (equivariance constraints, Sec. 3.3)
-# ---------------------------------------------------------------------------
-
-def _normal(shape, stddev, seed):
-    """Normal noise from a ``tf.random.Generator``, a stateless seed, or the global RNG."""
-    if isinstance(seed, tf.random.Generator):
-        return seed.normal(shape, stddev=stddev)
-    if seed is None:
-        return tf.random.normal(shape, stddev=stddev)
-    if isinstance(seed, int):
-        seed = [seed, 0]
-    return tf.random.stateless_normal(shape, seed=seed, stddev=stddev)
-
-
-class ThinPlateSplineTransform:
-    """A random affine + thin-plate-spline warp ``T(z) = A z + b + s(z)``.
-
-    Exactly the original's ``Transform`` (``TPS`` in later code), quirks
-    included: the spline radius is the L1 distance ``|dx| + |dy|``, the kernel
-    is ``r^2 log(r + 1e-6)``, and the same scalar spline displacement ``s(z)``
-    is added to both ``x`` and ``y``.
-
-    ``theta`` (B, 2, 3), ``control_points`` (P*P, 2), ``control_params`` (B, P*P).
-    """
-
-    def __init__(self, batch_size, sigma_affine, sigma_tps=None, points_tps=None, seed=None):
-        if isinstance(seed, int):
-            seeds = tf.random.experimental.stateless_split([seed, 0], 2)
-            seed_affine, seed_tps = seeds[0], seeds[1]
-        else:
-            seed_affine = seed_tps = seed
-        noise = _normal([batch_size, 2, 3], sigma_affine, seed_affine)
-        theta = noise + tf.eye(2, 3)[None]
-        control_params = None
-        if sigma_tps is not None and points_tps is not None:
-            control_params = _normal([batch_size, points_tps**2], sigma_tps, seed_tps)
-        self._set(theta, points_tps, control_params)
-
-    @classmethod
-    def from_params(cls, theta, control_params=None, points_tps=None):
-        """A transform with given ``theta`` (B, 2, 3) and optional ``control_params``.
-
-        ``control_params`` may be (B, P*P) or the original's (B, 1, P*P);
-        ``points_tps`` defaults to ``sqrt(P*P)``.
-        """
-        transform = cls.__new__(cls)
-        theta = tf.convert_to_tensor(theta, tf.float32)
-        _check_rank("theta (B, 2, 3)", theta, 3, last=3)
-        if control_params is not None:
-            control_params = tf.convert_to_tensor(control_params, tf.float32)
-            control_params = tf.reshape(control_params, [tf.shape(control_params)[0], -1])
-            n = control_params.shape[-1]
-            points_tps = points_tps or int(round(n**0.5))
-            if points_tps**2 != n:
-                raise ValueError(f"expected P*P control parameters, got shape {tuple(control_params.shape)}")
-        transform._set(theta, points_tps, control_params)
-        return transform
-
-    def _set(self, theta, points_tps, control_params):
-        self.theta = tf.convert_to_tensor(theta, tf.float32)
-        self.batch_size = self.theta.shape[0]
-        self.control_params = control_params
-        self.control_points = None
-        if control_params is not None:
-            grid = make_coordinate_grid(points_tps, points_tps)  # (P, P, 2)
-            self.control_points = tf.reshape(grid, [-1, 2])  # (P*P, 2)
-
-    @property
-    def has_tps(self):
-        return self.control_params is not None
-
-    def _spline_terms(self, coordinates):
-        """Offsets to the control points and the L1 radii: (B, N, P*P, 2), (B, N, P*P)."""
-        offsets = coordinates[:, :, None, :] - self.control_points[None, None, :, :]
-        return offsets, tf.reduce_sum(tf.abs(offsets), axis=-1)
-
-    def warp_coordinates(self, coordinates):
-        """``T(z)`` for points ``coordinates`` (B or 1, N, 2) -> (B, N, 2)."""
-        coordinates = tf.convert_to_tensor(coordinates, tf.float32)
-        _check_rank("coordinates (B, N, 2)", coordinates, 3, last=2)
-        linear, shift = self.theta[:, None, :, :2], self.theta[:, None, :, 2]  # (B, 1, 2, 2), (B, 1, 2)
-        warped = tf.linalg.matvec(linear, coordinates) + shift  # (B, N, 2)
-        if self.has_tps:
-            _, radius = self._spline_terms(coordinates)
-            kernel = tf.square(radius) * tf.math.log(radius + 1e-6)
-            spline = tf.reduce_sum(kernel * self.control_params[:, None, :], axis=-1)  # (B, N)
-            warped = warped + spline[..., None]
-        return warped
-
-    def jacobian(self, coordinates):
-        """``dT/dz`` at ``coordinates`` (B or 1, N, 2) -> (B, N, 2, 2); row i is d T_i / d(x, y).
-
-        Written out analytically (so it works under XLA and can be
-        differentiated again); ``tests/test_sampling.py`` checks it against
-        automatic differentiation.
-        """
-        coordinates = tf.convert_to_tensor(coordinates, tf.float32)
-        _check_rank("coordinates (B, N, 2)", coordinates, 3, last=2)
-        n = tf.shape(coordinates)[1]
-        linear = tf.tile(self.theta[:, None, :, :2], tf.stack([1, n, 1, 1]))  # (B, N, 2, 2)
-        if not self.has_tps:
-            return linear
-        offsets, radius = self._spline_terms(coordinates)
-        # d/dr [r^2 log(r + eps)] = 2 r log(r + eps) + r^2 / (r + eps); dr/dz = sign(offset).
-        d_kernel = 2.0 * radius * tf.math.log(radius + 1e-6) + tf.square(radius) / (radius + 1e-6)
-        weights = (d_kernel * self.control_params[:, None, :])[..., None]  # (B, N, P*P, 1)
-        gradient = tf.reduce_sum(weights * tf.sign(offsets), axis=2)  # (B, N, 2)
-        return linear + gradient[:, :, None, :]  # same spline gradient in both rows
-
-    def transform_frame(self, images):
-        """Warp ``images`` (B, H, W, C) by ``T`` with reflection padding, as the original."""
-        images = tf.convert_to_tensor(images)
-        _check_rank("images (B, H, W, C)", images, 4)
-        height, width = images.shape[1], images.shape[2]
-        grid = tf.reshape(make_coordinate_grid(height, width), [1, height * width, 2])
-        grid = self.warp_coordinates(grid)  # (B, H*W, 2)
-        grid = tf.reshape(grid, [-1, height, width, 2])
-        return grid_sample(images, grid, padding_mode="reflection", align_corners=True)
+        return ThinPlateSplineTransform
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

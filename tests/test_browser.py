@@ -24,8 +24,6 @@ import functools
 import http.server
 import json
 import os
-import shutil
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -180,21 +178,18 @@ def _browser_or_skip():
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
+def site(request):
     """The book built as `make book` builds it, served on 127.0.0.1: (base URL, html folder).
 
-    FOMM_BOOK_HTML names an html folder built already, to look at it again without a build.
+    FOMM_BOOK_HTML names an html folder built already, to look at it again without a build;
+    otherwise the session's one build (conftest's ``built_book``, shared with test_book) is used.
     """
     _browser_or_skip()  # before the build, which takes a while
     if os.environ.get("FOMM_BOOK_HTML"):
         html = Path(os.environ["FOMM_BOOK_HTML"])
     else:
-        out = tmp_path_factory.mktemp("book")
-        result = subprocess.run(
-            [str(JUPYTER_BOOK), "build", str(ROOT), "--path-output", str(out),
-             "--warningiserror", "--keep-going"], capture_output=True, text=True, timeout=900)
+        result, html = request.getfixturevalue("built_book")
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-        html = out / "_build" / "html"
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args):
@@ -278,11 +273,36 @@ def _check_page(page, base, name, chapters, external, problems, out):
     return report
 
 
+MARK = ".fomm-browser-test"  # names a folder this test made, whose screenshots it may replace
+
+
+def _clear_own_output(out):
+    """Makes ``out`` ready for this run's screenshots, removing only what an earlier run wrote."""
+    if out.exists() and any(out.iterdir()) and not (out / MARK).exists():
+        pytest.fail(f"FOMM_BROWSER_OUT={out} holds files this test did not write; expected a new or "
+                    f"empty folder, or one an earlier run made (with its {MARK} file)")
+    out.mkdir(parents=True, exist_ok=True)
+    for old in [*out.glob("*.png"), out / "report.json"]:
+        old.unlink(missing_ok=True)
+    (out / MARK).write_text("screenshots and report.json of tests/test_browser.py\n")
+
+
+def test_the_output_folder_of_other_files_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(pytest.fail.Exception, match="did not write"):
+        _clear_own_output(tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    own = tmp_path / "own"
+    _clear_own_output(own)
+    (own / "intro.png").write_bytes(b"x")
+    _clear_own_output(own)  # a second run replaces its own screenshots
+    assert not (own / "intro.png").exists() and (own / MARK).exists()
+
+
 def test_every_page_renders_offline_in_chromium(site, capsys):
     sync_playwright, chromium = _browser_or_skip()
     base, html = site
-    shutil.rmtree(OUT, ignore_errors=True)
-    OUT.mkdir(parents=True)
+    _clear_own_output(OUT)
     chapters = {p.relative_to(ROOT).with_suffix(".html").as_posix() for p in toc_notebooks()}
     pages = [name for name in _pages(html) if name != "index.html"]
     assert chapters <= set(pages), f"chapters missing from the build: {chapters - set(pages)}"

@@ -187,5 +187,5 @@ def test_an_edit_list_that_shows_fewer_frames_is_not_truncation(tmp_path):
     _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x64:rate=25", "-t", 2, "-c:v", "libx264", "-g", 25,
             "-pix_fmt", "yuv420p", tmp_path / "long.mp4")
     _ffmpeg("-ss", 0.5, "-i", tmp_path / "long.mp4", "-c", "copy", tmp_path / "cut.mp4")
-    assert F._mp4_video_index(tmp_path / "cut.mp4") == (50, 50)
+    assert F.mp4_video_index(tmp_path / "cut.mp4") == (50, 50)
     assert 30 < len(F.read_video(tmp_path / "cut.mp4")) < 50  # 37 with ffmpeg 9: counts alone would refuse it

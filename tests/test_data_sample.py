@@ -142,3 +142,37 @@ def test_eval_dataset_is_the_extended_identities_with_other_motions(tmp_path):
     assert held_out["videos"].keys() == trained["videos"].keys()
     video = "train/astronaut#sample#00000.mp4"
     assert held_out["videos"][video]["theta"] != trained["videos"][video]["theta"]
+
+
+def test_a_folder_of_other_files_is_refused_and_a_second_run_replaces_only_its_own(tmp_path):
+    mine = tmp_path / "videos" / "train" / "holiday.mp4"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"the user's video")
+    with pytest.raises(ValueError, match="holiday.mp4 was not written by `fomm-lessons data sample`"):
+        sample.make_sample_dataset(tmp_path / "videos", size=16, num_frames=2, videos_per_identity=1)
+    assert mine.read_bytes() == b"the user's video"
+    out = tmp_path / "made"
+    sample.make_sample_dataset(out, size=16, num_frames=2, videos_per_identity=1, seed=0)
+    first = files_of(out)
+    sample.make_sample_dataset(out, size=16, num_frames=2, videos_per_identity=1, seed=1)
+    second = files_of(out)
+    assert first.keys() == second.keys() and first != second  # its own files, written again
+
+
+def test_a_second_process_waits_for_the_first_to_finish_the_dataset(tmp_path):
+    import fcntl
+    import threading
+
+    root = tmp_path / "shared"
+    root.mkdir()
+    handle = os.open(root, os.O_RDONLY)
+    fcntl.flock(handle, fcntl.LOCK_EX)  # as a chapter that is making the dataset holds it
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (sample.ensure_sample_dataset(
+        root, size=16, num_frames=2, videos_per_identity=1), done.set()))
+    worker.start()
+    time.sleep(1.0)
+    assert not done.is_set() and not (root / sample.META_FILE).exists()  # it waits for the lock
+    os.close(handle)
+    worker.join(timeout=120)
+    assert done.is_set() and sample.load_meta(root)["size"] == 16

@@ -200,7 +200,7 @@ def test_videos_folder_with_person_subfolders(vox, tmp_path):
 def _with_bad_clips(blob, members):
     """The zip with one chosen train clip that is not a video and one chosen test clip failing its CRC."""
     source = zipfile.ZipFile(io.BytesIO(blob))
-    clips = voxceleb._clips_from_names(source.namelist(), lambda name: name)
+    clips = voxceleb.clips_from_names(source.namelist(), lambda name: name)
     chosen = voxceleb.choose_clips(clips, IDENTITIES, CLIPS, SEED)
     not_video, bad_crc = chosen["train"][0].member, chosen["test"][1].member
     buffer = io.BytesIO()

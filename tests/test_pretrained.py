@@ -201,7 +201,8 @@ def entry():
         return pretrained.register(pretrained.Entry(NAME, sources=sources, **fields), replace=True)
 
     yield make
-    pretrained._REGISTRY.pop(NAME, None)
+    if NAME in pretrained.names():
+        pretrained.unregister(NAME)
 
 
 def _sha256(data):

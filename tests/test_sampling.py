@@ -7,9 +7,6 @@ import pytest
 import tensorflow as tf
 
 from fomm_lessons.sampling import (
-    AntiAliasDownsample,
-    ImagePyramid,
-    ThinPlateSplineTransform,
     grid_sample,
     keypoints_to_gaussian,
     make_coordinate_grid,
@@ -272,131 +269,20 @@ def test_keypoints_to_gaussian_matches_formula():
     assert heat[0, 2, 4, 0] == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("scale, kernel_size", [(0.5, 5), (0.25, 13), (0.125, 29)])
-def test_antialias_downsample_matches_numpy(scale, kernel_size):
-    rng = np.random.default_rng(9)
-    images = rng.random((2, 32, 24, 3)).astype(np.float32)
-    out = AntiAliasDownsample(3, scale)(images).numpy()
-    stride = round(1 / scale)
-    sigma = (1 / scale - 1) / 2
-    assert AntiAliasDownsample(3, scale).kernel_size == kernel_size == 2 * round(4 * sigma) + 1
-    taps = np.exp(-((np.arange(kernel_size) - (kernel_size - 1) / 2) ** 2) / (2 * sigma**2))
-    kernel = np.outer(taps, taps) / np.outer(taps, taps).sum()
-    pad = kernel_size // 2
-    padded = np.pad(images.astype(np.float64), [(0, 0), (pad, pad), (pad, pad), (0, 0)])
-    want = np.zeros((2, 32 // stride, 24 // stride, 3))
-    for i in range(want.shape[1]):
-        for j in range(want.shape[2]):
-            window = padded[:, i * stride:i * stride + kernel_size, j * stride:j * stride + kernel_size]
-            want[:, i, j] = np.einsum("bhwc,hw->bc", window, kernel)
-    assert out.shape == want.shape
-    np.testing.assert_allclose(out, want, atol=1e-5)
-
-
-def test_antialias_matches_torch_original_definition():
-    torch = pytest.importorskip("torch", reason="PyTorch is the optional oracle: pip install -e '.[oracle]'")
-    rng = np.random.default_rng(10)
-    images = rng.random((2, 40, 40, 3)).astype(np.float32)
-    layer = AntiAliasDownsample(3, 0.25)
-    weight = torch.from_numpy(layer.kernel_2d)[None, None].repeat(3, 1, 1, 1)
-    x = torch.nn.functional.pad(torch.from_numpy(images).permute(0, 3, 1, 2), (6, 6, 6, 6))
-    want = torch.nn.functional.conv2d(x, weight, groups=3)[:, :, ::4, ::4].permute(0, 2, 3, 1).numpy()
-    np.testing.assert_allclose(layer(images).numpy(), want, atol=1e-6)
-
-
-def test_antialias_identity_at_scale_one_and_bad_scale():
-    images = np.random.default_rng(11).random((1, 8, 8, 3)).astype(np.float32)
-    np.testing.assert_array_equal(AntiAliasDownsample(3, 1.0)(images).numpy(), images)
-    with pytest.raises(ValueError, match="0.3"):
-        AntiAliasDownsample(3, 0.3)
-    with pytest.raises(ValueError, match="1.5"):
-        AntiAliasDownsample(3, 1.5)
-
-
-def test_image_pyramid_returns_every_scale():
-    images = np.random.default_rng(12).random((2, 64, 64, 3)).astype(np.float32)
-    pyramid = ImagePyramid([1, 0.5, 0.25, 0.125])(images)
-    assert {s: tuple(v.shape) for s, v in pyramid.items()} == {
-        1.0: (2, 64, 64, 3), 0.5: (2, 32, 32, 3), 0.25: (2, 16, 16, 3), 0.125: (2, 8, 8, 3)}
-    np.testing.assert_array_equal(pyramid[1.0].numpy(), images)
-    # A blur that sums to one keeps the mean away from the zero-padded border.
-    np.testing.assert_allclose(pyramid[0.5].numpy()[:, 4:-4, 4:-4].mean(), images[:, 8:-8, 8:-8].mean(), atol=0.01)
-
-
-# ---------------------------------------------------------------------------
-# Thin-plate-spline transform against the original's outputs
-# ---------------------------------------------------------------------------
-
-@pytest.fixture()
-def parity_tps(parity):
-    return ThinPlateSplineTransform.from_params(parity["tps/theta"], parity["tps/control_params"])
-
-
-def test_tps_control_points_match_original(parity, parity_tps):
-    np.testing.assert_allclose(parity_tps.control_points.numpy(), parity["tps/control_points"].reshape(-1, 2))
-
-
-def test_tps_warp_coordinates_match_original(parity, parity_tps):
-    got = parity_tps.warp_coordinates(parity["tps/coordinates"]).numpy()
-    np.testing.assert_allclose(got, parity["tps/warped_coordinates"], atol=1e-5)
-
-
-def test_tps_jacobian_matches_original(parity, parity_tps):
-    got = parity_tps.jacobian(parity["tps/coordinates"]).numpy()
-    np.testing.assert_allclose(got, parity["tps/jacobian"], atol=1e-5)
-
-
-def test_tps_transform_frame_matches_original(parity, parity_tps):
-    driving = parity["inputs/driving"].transpose(0, 2, 3, 1)
-    got = parity_tps.transform_frame(driving).numpy()
-    np.testing.assert_allclose(got, parity["tps/transformed_driving"].transpose(0, 2, 3, 1), atol=1e-5)
-
-
-def test_tps_jacobian_matches_autodiff_and_second_derivatives_exist():
-    transform = ThinPlateSplineTransform(3, sigma_affine=0.05, sigma_tps=0.05, points_tps=5, seed=1)
-    points = tf.constant(np.random.default_rng(13).uniform(-1, 1, (3, 7, 2)), tf.float32)
-    with tf.GradientTape(persistent=True) as outer:
-        outer.watch(points)
-        with tf.GradientTape() as tape:
-            tape.watch(points)
-            warped = tf.reshape(transform.warp_coordinates(points), [3, -1])  # (3, 14)
-        autodiff = tape.batch_jacobian(warped, points)  # (3, 14, 7, 2)
-        analytic = transform.jacobian(points)
-        total = tf.reduce_sum(analytic ** 2)
-    autodiff = tf.reshape(autodiff, [3, 7, 2, 7, 2])
-    autodiff = tf.stack([autodiff[:, n, :, n, :] for n in range(7)], axis=1)  # (3, 7, 2, 2)
-    np.testing.assert_allclose(analytic.numpy(), autodiff.numpy(), atol=1e-5)
-    second = outer.gradient(total, points)
-    assert second is not None and np.all(np.isfinite(second.numpy()))
-
-
-def test_tps_random_parameters_are_seeded_and_scaled():
-    a = ThinPlateSplineTransform(4, 0.05, 0.005, 5, seed=3)
-    b = ThinPlateSplineTransform(4, 0.05, 0.005, 5, seed=3)
-    c = ThinPlateSplineTransform(4, 0.05, 0.005, 5, seed=4)
-    np.testing.assert_array_equal(a.theta.numpy(), b.theta.numpy())
-    assert not np.array_equal(a.theta.numpy(), c.theta.numpy())
-    assert a.control_params.shape == (4, 25)
-    big = ThinPlateSplineTransform(2000, 0.05, 0.005, 5, seed=0)
-    noise = big.theta.numpy() - np.eye(2, 3)
-    assert noise.std() == pytest.approx(0.05, rel=0.05)
-    assert big.control_params.numpy().std() == pytest.approx(0.005, rel=0.05)
-    affine_only = ThinPlateSplineTransform(2, 0.05, seed=0)
-    assert not affine_only.has_tps
-    points = tf.zeros([1, 3, 2])
-    np.testing.assert_allclose(affine_only.warp_coordinates(points).numpy(),
-                               np.broadcast_to(affine_only.theta.numpy()[:, None, :, 2], (2, 3, 2)), atol=1e-7)
-
-
-def test_tps_identity_parameters_leave_frames_unchanged():
-    identity = ThinPlateSplineTransform.from_params(np.tile(np.eye(2, 3), (2, 1, 1)), np.zeros((2, 1, 25)))
-    images = np.random.default_rng(14).random((2, 16, 16, 3)).astype(np.float32)
-    np.testing.assert_array_equal(identity.transform_frame(images).numpy(), images)
-
-
-
 def test_non_finite_coordinates_give_nan_not_an_error():
     images = tf.ones([1, 4, 4, 1])
     grid = tf.constant([[[[np.nan, 0.0], [0.0, np.inf], [0.0, 0.0]]]], tf.float32)  # (1, 1, 3, 2)
     out = grid_sample(images, grid).numpy()[0, 0, :, 0]
     assert np.isnan(out[0]) and np.isnan(out[1]) and out[2] == 1.0
+
+
+def test_the_moved_classes_are_still_importable_from_sampling():
+    """``fomm_lessons.sampling`` re-exports what moved to ``pyramid`` and ``tps``."""
+    from fomm_lessons import pyramid, sampling, tps
+    from fomm_lessons.sampling import ThinPlateSplineTransform
+
+    assert ThinPlateSplineTransform is tps.ThinPlateSplineTransform
+    for name in ("AntiAliasDownsample", "ImagePyramid", "gaussian_kernel_1d"):
+        assert getattr(sampling, name) is getattr(pyramid, name)
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        sampling.nothing_here

@@ -3,36 +3,15 @@
 FOMM learns on square face tracks (VoxCeleb: the face and a margin, at
 256x256); a source or driving video framed otherwise animates badly. For
 every frame of a video a face detector that ships inside a wheel and works
-offline finds the faces (:func:`detect_faces`); the faces are followed through
-the clip by box overlap (:func:`track_faces`); each track becomes one piece of
+offline finds the faces (:func:`~fomm_lessons.data.face_detect.detect_faces`);
+the faces are followed through the clip by box overlap (:func:`track_faces`); each track becomes one piece of
 the video with one fixed square box around all its faces plus a margin
 (:func:`stable_box`, ``increase`` of the face's size on each side, 0.1 as in
 the original); a track ends where its face is lost, and pieces shorter than
 ``min_frames`` are dropped (:func:`plan_crops`).
 
-The detector is OpenCV's frontal-face Haar cascade ``haarcascade_frontalface_alt2``
-(``opencv-python-headless`` < 5: OpenCV 5 no longer ships the cascades), chosen
-by measurement against scikit-image's LBP frontal-face cascade (already a
-dependency) with ``tests/scripts/face_detectors.py``: the photographs
-astronaut, cameraman and grace_hopper, and 54 face frames (plus 18 of the cat)
-of the offline sample set at 128x128, as they are, rotated and scaled. Faces
-found (largest box with IoU >= 0.3 against the true one)::
-
-                          photos        sample frames
-                          LBP   Haar    LBP      Haar
-    as they are           2/3   2/3     36/54    36/54
-    rotated +-10 deg      4/6   4/6     52/108   66/108
-    rotated +-20 deg      0/6   1/6      7/108   17/108
-    rotated +-30 deg      0/6   0/6      0/108    0/108
-    half the size         2/3   2/3     35/54    24/54
-    twice the size        2/3   2/3     34/54    35/54
-    false boxes, all cases  LBP 19 (5 on the cat), Haar 0
-    time per 128x128 frame  LBP 187 ms, Haar 47 ms (2 busy cores)
-
-Neither finds the cameraman (a three-quarter view): that is the missing
-third. Haar finds more faces rotated, never a false one, and is four times
-faster; it is weaker only on faces of about 36 pixels (half size), smaller
-than a talking-head video's.
+The detector, and the measurement that chose it, are in
+:mod:`fomm_lessons.data.face_detect`.
 
 ``fomm-lessons crop`` calls :func:`main`.
 """
@@ -45,57 +24,19 @@ import sys
 import numpy as np
 from PIL import Image
 
+from fomm_lessons.data.face_detect import CASCADE, DETECT_SIDE, MIN_FACE, detect_faces, to_gray  # noqa: F401
 from fomm_lessons.data.frames import VideoError, is_video
 from fomm_lessons.data.stream import VideoWriter, fit_image, frame_count, raw_frames, read_source_image
 
-DETECT_SIDE = 320  # frames are shrunk to this shorter side before detection
-MIN_FACE = 1 / 8  # smallest face searched, as a fraction of the shorter side
 IOU = 0.25  # a face continues a track when it overlaps the track's first box by this much
 MAX_MISSED = 2  # frames a face may go undetected before its track ends
 INCREASE = 0.1  # margin on each side, as a fraction of the face's size (the original's default)
 MIN_FRAMES = 25  # shortest piece kept by default: one second at 25 fps
-CASCADE = "haarcascade_frontalface_alt2.xml"
-_DETECTORS = {}
 
 
 # ---------------------------------------------------------------------------
-# Faces in one frame
+# Faces through a clip, one stable box per piece
 # ---------------------------------------------------------------------------
-
-def _cascade():
-    if CASCADE not in _DETECTORS:
-        try:
-            import cv2
-        except ImportError:
-            message = "the face crop needs OpenCV's Haar cascades: pip install 'opencv-python-headless<5'"
-            raise ImportError(message) from None
-        _DETECTORS[CASCADE] = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, CASCADE))
-    return _DETECTORS[CASCADE]
-
-
-def to_gray(frame):
-    """A frame (H, W[, C]) as uint8 grayscale (H, W) in a Pillow image."""
-    frame = np.asarray(frame)
-    if frame.dtype != np.uint8:
-        frame = np.round(np.clip(np.asarray(frame, np.float64), 0, 1) * 255).astype(np.uint8)
-    if frame.ndim == 3:
-        frame = frame[..., :3] if frame.shape[-1] >= 3 else frame[..., 0]
-    return Image.fromarray(np.ascontiguousarray(frame)).convert("L")
-
-
-def detect_faces(frame):
-    """Frontal faces in ``frame`` (H, W[, 3], uint8 or float in [0, 1], or a Pillow image):
-    a list of boxes (x, y, w, h) in its pixels, largest first."""
-    gray = frame.convert("L") if isinstance(frame, Image.Image) else to_gray(frame)
-    scale = min(1.0, DETECT_SIDE / min(gray.size))
-    if scale < 1.0:
-        gray = gray.resize((max(1, round(gray.width * scale)), max(1, round(gray.height * scale))),
-                           Image.Resampling.BILINEAR, reducing_gap=2.0)
-    small = max(24, int(MIN_FACE * min(gray.size)))
-    found = _cascade().detectMultiScale(np.asarray(gray), scaleFactor=1.1, minNeighbors=5, minSize=(small, small))
-    boxes = [tuple(float(v) / scale for v in box) for box in np.reshape(found, (-1, 4))]
-    return sorted(boxes, key=lambda box: -box[2] * box[3])
-
 
 def iou(a, b):
     """Intersection over union of two boxes (x, y, w, h)."""
@@ -105,10 +46,6 @@ def iou(a, b):
     union = a[2] * a[3] + b[2] * b[3] - inter
     return inter / union if union > 0 else 0.0
 
-
-# ---------------------------------------------------------------------------
-# Faces through a clip, one stable box per piece
-# ---------------------------------------------------------------------------
 
 def track_faces(detections, threshold=IOU, max_missed=MAX_MISSED):
     """Follow faces through frames: ``detections`` is a list (per frame) of lists of boxes.

@@ -76,7 +76,7 @@ def _png_bit_depth(path):
     return header[24]
 
 
-def _grey_bits(path, image):
+def grey_bits(path, image):
     """Bits per sample of a wide integer grey image as its file stores them; None otherwise.
 
     Pillow reports a 16-bit grey PNG as 32-bit mode ``I`` (Pillow 10) or as ``I;16`` (later),
@@ -103,7 +103,7 @@ def read_image(path):
             elif image.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
                 image = image.convert("RGB")
             array = np.asarray(image)
-            bits = _grey_bits(path, image)
+            bits = grey_bits(path, image)
     except (OSError, ValueError, SyntaxError) as error:
         raise VideoError(path, f"{type(error).__name__}: {error}") from None
     if bits is not None:
@@ -132,7 +132,7 @@ def _mp4_boxes(data, start, end):
         at += size
 
 
-def _mp4_video_index(path):
+def mp4_video_index(path):
     """``(frames listed, frames whose bytes are in the file)`` of an .mp4/.mov's first video track.
 
     Read from the ``moov`` box (sample sizes ``stsz``, chunk offsets ``stco``/``co64``,
@@ -224,7 +224,7 @@ def _read_file_frames(path):
         raise VideoError(path, "it has no frames")
     if not path.lower().endswith(".gif"):
         try:
-            index = _mp4_video_index(path)
+            index = mp4_video_index(path)
         except (struct.error, OSError):  # an index that does not parse is no evidence either way
             index = None
         if index is not None and index[1] < index[0]:

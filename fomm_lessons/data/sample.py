@@ -11,9 +11,9 @@ what FOMM's dense motion (Eq. 4 of the paper) tries to estimate.
 ``fomm-lessons data sample --out DIR --size 64`` calls :func:`make_sample_dataset`.
 """
 
+import fcntl
 import json
 import os
-import shutil
 
 import numpy as np
 
@@ -148,7 +148,8 @@ def smallest_jacobian_determinant(theta, control_params, extent=1.6, points=33):
     """The smallest ``det dT/dz`` of each frame's warp over the square [-extent, extent]^2: (T,)."""
     import tensorflow as tf
 
-    from fomm_lessons.sampling import ThinPlateSplineTransform, make_coordinate_grid
+    from fomm_lessons.sampling import make_coordinate_grid
+    from fomm_lessons.tps import ThinPlateSplineTransform
 
     grid = tf.reshape(make_coordinate_grid(points, points) * extent, [1, points * points, 2])
     jacobian = ThinPlateSplineTransform.from_params(theta, control_params).jacobian(grid)  # (T, N, 2, 2)
@@ -181,7 +182,8 @@ def render(base, margin, theta, control_params):
     """Frames (T, H, W, 3): ``base`` sampled at ``T_t(z) / margin`` with border padding."""
     import tensorflow as tf
 
-    from fomm_lessons.sampling import ThinPlateSplineTransform, grid_sample, make_coordinate_grid
+    from fomm_lessons.sampling import grid_sample, make_coordinate_grid
+    from fomm_lessons.tps import ThinPlateSplineTransform
 
     steps = base.shape[0] - 1
     size = int(round(steps / margin)) + 1
@@ -209,9 +211,9 @@ def make_sample_dataset(out, size=64, seed=0, num_frames=24, videos_per_identity
     if num_frames < 2:
         raise ValueError(f"expected at least 2 frames per video, got {num_frames}")
     out = os.fspath(out)
+    _check_ours(out)
     if overwrite:
-        for part in ("train", "test", "meta"):
-            shutil.rmtree(os.path.join(out, part), ignore_errors=True)
+        _remove_earlier(out)
     meta = {"format": FORMAT, "size": size, "seed": int(seed), "num_frames": int(num_frames),
             "sigma_affine": sigma_affine, "sigma_tps": sigma_tps, "points_tps": points_tps,
             "keyframe_every": keyframe_every, "identity_set": identities,
@@ -240,13 +242,76 @@ def make_sample_dataset(out, size=64, seed=0, num_frames=24, videos_per_identity
     return out
 
 
+def _earlier_meta(out):
+    """The metadata of a sample dataset written to ``out`` before, or None."""
+    try:
+        with open(os.path.join(out, META_FILE)) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
+
+
+def _our_paths(out):
+    """(video folders, files) that an earlier run wrote to ``out``, by its metadata."""
+    meta = _earlier_meta(out)
+    videos = {os.path.normpath(os.path.join(out, v)) for v in meta["videos"]} if meta else set()
+    files = {os.path.normpath(os.path.join(out, META_FILE))} if meta else set()
+    for video in videos:  # a PNG folder of frames (or, written by hand, one file)
+        if os.path.isdir(video):
+            files.update(os.path.join(video, f) for f in os.listdir(video) if _is_frame_name(f))
+        else:
+            files.add(video)
+    return videos, files
+
+
+def _is_frame_name(name):
+    stem, dot, ext = name.partition(".")
+    return dot == "." and ext == "png" and stem.isdigit()
+
+
+def _check_ours(out):
+    """Refuses an ``out`` whose train/, test/ or meta/ hold files this module did not write."""
+    _, ours = _our_paths(out)
+    for part in ("train", "test", "meta"):
+        for folder, _, files in os.walk(os.path.join(out, part)):
+            other = [f for f in files if os.path.normpath(os.path.join(folder, f)) not in ours]
+            if other:
+                raise ValueError(f"{os.path.join(folder, other[0])} was not written by `fomm-lessons "
+                                 f"data sample`; expected a new folder or one it made, got --out {out}")
+
+
+def _remove_earlier(out):
+    """Deletes the videos and metadata an earlier run wrote to ``out`` (nothing else)."""
+    videos, files = _our_paths(out)
+    for path in files:
+        os.remove(path)
+    for folder in [*videos, *(os.path.join(out, part) for part in ("train", "test", "meta"))]:
+        try:
+            os.rmdir(folder)
+        except OSError:  # missing, a file, or holds something else
+            pass
+
+
 def ensure_sample_dataset(root="../data/generated/sample-64", size=64, **options):
-    """The sample dataset at ``root`` as a Path, made first when it is missing (what chapters call)."""
+    """The sample dataset at ``root`` as a Path, made first when it is missing (what chapters call).
+
+    Processes that ask for the same ``root`` at once (chapters run in parallel) take turns on a
+    lock on the folder: the first makes the dataset, the others wait and then read it.
+    """
     from pathlib import Path
 
     root = Path(root)
-    if not (root / META_FILE).is_file():
-        make_sample_dataset(root, size=size, **options)
+    if (root / META_FILE).is_file():
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    handle = os.open(root, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        if not (root / META_FILE).is_file():
+            make_sample_dataset(root, size=size, **options)
+    finally:
+        os.close(handle)  # releases the lock
     return root
 
 
@@ -339,7 +404,8 @@ def ground_truth_flow(root, video, source_index, driving_index):
     """
     import tensorflow as tf
 
-    from fomm_lessons.sampling import ThinPlateSplineTransform, make_coordinate_grid
+    from fomm_lessons.sampling import make_coordinate_grid
+    from fomm_lessons.tps import ThinPlateSplineTransform
 
     meta = load_meta(root)
     size = meta["size"]

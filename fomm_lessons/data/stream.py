@@ -22,8 +22,8 @@ import tempfile
 import numpy as np
 from PIL import Image
 
-from fomm_lessons.data.frames import VIDEO_SUFFIXES, VideoError, frame_files, is_video, to_rgb
-from fomm_lessons.data.frames import _grey_bits, _mp4_video_index  # the rules of read_image and probe
+from fomm_lessons.data.frames import (VIDEO_SUFFIXES, VideoError, frame_files, grey_bits, is_video,
+                                      mp4_video_index, to_rgb)
 from fomm_lessons.data.media import DEFAULT_FPS, OUTPUT_SUFFIXES, claim_output_folder, is_folder_path, mux_audio
 
 CHUNK = 32  # frames decoded per chunk: 32 x 256 x 256 x 3 float32 = 25 MB
@@ -38,7 +38,8 @@ def _resizable(image, bits=None):
     """``image`` in a mode Pillow resizes, and how to turn the result into float RGB in [0, 1].
 
     Wide integer grey images are resized as 32-bit integers and scaled by ``bits``, the
-    bit depth their file stores (``frames._grey_bits``), as :func:`frames.read_image` does.
+    bit depth their file stores (:func:`~fomm_lessons.data.frames.grey_bits`), as
+    :func:`~fomm_lessons.data.frames.read_image` does.
     """
     if image.mode == "I" or image.mode.startswith("I;16"):
         top = float(2**bits - 1) if bits else float(np.iinfo(np.int32).max)
@@ -110,7 +111,7 @@ def read_source_image(path, frame_shape=None, box=None, log=None):
                         box = tuple(v * scale for v in box)
             if log is not None and frame_shape is not None and tuple(region[::-1]) != tuple(frame_shape[:2]):
                 log(f"resizing the source {path} ({region[0]}x{region[1]}) to {frame_shape[1]}x{frame_shape[0]}")
-            return fit_image(image, frame_shape, box, _grey_bits(path, image))
+            return fit_image(image, frame_shape, box, grey_bits(path, image))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"the source {path} is not an image: {type(error).__name__}: {error}") from None
 
@@ -138,7 +139,7 @@ def raw_frames(path):
 
     if not path.lower().endswith(".gif"):  # a cut download: ffmpeg would stop at the cut, silently
         try:
-            index = _mp4_video_index(path)
+            index = mp4_video_index(path)
         except (struct.error, OSError):  # an index that does not parse is no evidence either way
             index = None
         if index is not None and index[1] < index[0]:
