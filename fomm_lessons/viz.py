@@ -1,4 +1,4 @@
-"""Pictures of what the model does: keypoints, flow fields, masks, side-by-side videos, training curves.
+"""Pictures of what the model does: keypoints, flow fields, masks, rows of images, videos, training curves.
 
 Frames are float RGB (H, W, 3) in [0, 1]; coordinates are (x, y) in [-1, 1]
 with -1/+1 at the corner pixel centres (:func:`fomm_lessons.sampling.make_coordinate_grid`),
@@ -163,6 +163,48 @@ def image_row(images, height=None):
     height = height or max(image.shape[0] for image in images)
     row = [_resize(image, height, int(round(image.shape[1] * height / image.shape[0]))) for image in images]
     return np.concatenate(row, axis=1)
+
+
+def plot_row(images, titles=None, size=1.8, figsize=None, interpolation=None, fontsize=9):
+    """Images in one row of a new figure, each with its title and no axes; returns the Figure.
+
+    ``images`` are (h, w) panels, shown grey from 0 (black) to 1 (white), or
+    (h, w, 3) colour panels in [0, 1]; both are clipped to [0, 1]. Each panel
+    is ``size`` inches wide and the row ``size + 0.4`` tall (room for the
+    titles) unless ``figsize`` is given; ``interpolation`` goes to ``imshow``
+    (``"nearest"``: every pixel a sharp square). In a notebook, call
+    ``plt.show()`` after it.
+    """
+    import matplotlib.pyplot as plt
+
+    images = list(images)
+    titles = [None] * len(images) if titles is None else list(titles)
+    if not images or len(titles) != len(images):
+        raise ValueError(f"expected at least one image and one title per image, got {len(images)} images "
+                         f"and {len(titles)} titles")
+    fig, axes = plt.subplots(1, len(images), figsize=figsize or (size * len(images), size + 0.4),
+                             squeeze=False)
+    for ax, image, title in zip(axes[0], images, titles):
+        ax.imshow(np.clip(image, 0, 1), cmap="gray", vmin=0, vmax=1, interpolation=interpolation)
+        if title is not None:
+            ax.set_title(title, fontsize=fontsize)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def show_in(output, fig):
+    """Show ``fig`` in an ipywidgets ``Output`` instead of what it showed there, then close ``fig``.
+
+    How a widget's callback draws: the picture lands in the widget, not in the
+    output of the cell that ran the callback, and closing the figure keeps
+    matplotlib's inline backend from showing it a second time below the cell.
+    """
+    import matplotlib.pyplot as plt
+
+    output.outputs = ()
+    output.append_display_data(fig)
+    plt.close(fig)
 
 
 def mask_grid(mask, height=None):

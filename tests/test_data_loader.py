@@ -90,6 +90,31 @@ def test_same_seed_same_stream_parallel_or_not(root):
     assert any(not np.array_equal(a["source"], b["source"]) for a, b in zip(epoch0, epoch1))
 
 
+def test_op_determinism_maps_in_order_without_the_rewrite_log(root, capfd):
+    # Under op determinism tf.data rewrote our parallel maps to sequential ones and
+    # TensorFlow 2.21 logged "NodeDef mentions attribute use_unbounded_threadpool ..."
+    # (with a timestamp) to file descriptor 2; the chapters showed it in their outputs.
+    from tensorflow.python.framework import config as tf_config
+
+    data = loader.FramesDataset(root, "train", frame_shape=(SIZE, SIZE), augmentation_params=VOX_AUGMENTATION)
+    was_on = tf_config.is_op_determinism_enabled()
+    tf_config.disable_op_determinism()
+    try:
+        parallel = collect(data.pairs(seed=3, num_repeats=2, batch_size=4))
+        tf.config.experimental.enable_op_determinism()
+        capfd.readouterr()
+        in_order = collect(data.pairs(seed=3, num_repeats=2, batch_size=4))
+        videos = collect(data.videos_dataset())
+        logged = capfd.readouterr().err
+    finally:
+        (tf.config.experimental.enable_op_determinism if was_on else tf_config.disable_op_determinism)()
+    assert "use_unbounded_threadpool" not in logged and "NodeDef" not in logged, logged
+    assert len(in_order) == len(parallel) == 3 and len(videos) == len(data)
+    for a, b in zip(parallel, in_order):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
 def pil_reference(image, name, factor):
     pil = Image.fromarray(image)
     enhancer = {"brightness": ImageEnhance.Brightness, "contrast": ImageEnhance.Contrast,

@@ -130,6 +130,20 @@ def test_errors_name_what_is_wrong(built, tmp_path):
         sample.ground_truth_flow(tmp_path, "astronaut#sample#00000.mp4", 0, 1)
 
 
+def test_eval_dataset_is_the_extended_identities_with_other_motions(tmp_path):
+    small = dict(size=16, videos_per_identity=1, num_frames=2)
+    held_out = sample.load_meta(sample.ensure_eval_dataset(tmp_path / "eval", **small))
+    expected = sample.load_meta(sample.make_sample_dataset(tmp_path / "seed1", seed=1, identities="extended",
+                                                           **small))
+    trained = sample.load_meta(sample.make_sample_dataset(tmp_path / "seed0", seed=0, identities="extended",
+                                                          **small))
+    assert held_out == expected and held_out["seed"] == 1 and held_out["identity_set"] == "extended"
+    assert held_out["identities"]["grace_hopper"]["split"] == "test"
+    assert held_out["videos"].keys() == trained["videos"].keys()
+    video = "train/astronaut#sample#00000.mp4"
+    assert held_out["videos"][video]["theta"] != trained["videos"][video]["theta"]
+
+
 def test_a_folder_of_other_files_is_refused_and_a_second_run_replaces_only_its_own(tmp_path):
     mine = tmp_path / "videos" / "train" / "holiday.mp4"
     mine.parent.mkdir(parents=True)

@@ -232,3 +232,42 @@ def test_last_logged_images_reads_back_the_newest_grid(tmp_path):
     step, tag, images = last_logged_images(tmp_path)
     assert (step, tag, images.shape) == (7, "grid", (2, 4, 6, 3))
     np.testing.assert_allclose(images, new, atol=1e-6)  # PNG is lossless on 8-bit values
+
+
+def test_plot_row_shows_each_image_clipped_with_its_title():
+    import matplotlib.pyplot as plt
+
+    grey = np.linspace(-0.5, 1.5, 12).reshape(3, 4)  # (3, 4), outside [0, 1] at both ends
+    colour = np.random.default_rng(0).uniform(0, 1, (3, 4, 3))
+    fig = viz.plot_row([grey, colour], ["grey", "colour"], size=2.0, interpolation="nearest")
+    try:
+        assert tuple(fig.get_size_inches()) == (4.0, 2.4)
+        axes = fig.axes
+        assert [ax.get_title() for ax in axes] == ["grey", "colour"]
+        assert not any(ax.axison for ax in axes)
+        shown = [ax.images[0] for ax in axes]
+        np.testing.assert_array_equal(shown[0].get_array(), np.clip(grey, 0, 1))
+        np.testing.assert_array_equal(shown[1].get_array(), colour)
+        assert shown[0].get_cmap().name == "gray" and shown[0].get_clim() == (0, 1)
+        assert shown[0].get_interpolation() == "nearest"
+    finally:
+        plt.close(fig)
+    fig = viz.plot_row([grey], figsize=(5, 3))  # one panel, no titles
+    assert tuple(fig.get_size_inches()) == (5.0, 3.0) and fig.axes[0].get_title() == ""
+    plt.close(fig)
+    with pytest.raises(ValueError, match="2 images and 1 titles"):
+        viz.plot_row([grey, grey], ["only one"])
+
+
+def test_show_in_replaces_what_a_widget_output_shows_and_closes_the_figure():
+    import ipywidgets
+    import matplotlib.pyplot as plt
+
+    view = ipywidgets.Output()
+    for width in (2, 3):
+        fig, _ = plt.subplots(figsize=(width, 1))
+        viz.show_in(view, fig)
+        assert not plt.fignum_exists(fig.number)
+    assert len(view.outputs) == 1  # the second figure in place of the first
+    assert view.outputs[0]["output_type"] == "display_data"
+    assert view.outputs[0]["data"]["text/plain"] == "<Figure size 300x100 with 1 Axes>"

@@ -23,6 +23,24 @@ from fomm_lessons.data.frames import VideoError, frame_files, identity_of, is_vi
 JITTER_KEYS = ("brightness", "contrast", "saturation", "hue")
 
 
+def _map(dataset, function, num_parallel_calls):
+    """``dataset.map(function)`` in order: in parallel, or one item at a time under op determinism.
+
+    With ``tf.config.experimental.enable_op_determinism()`` (as the chapters and
+    the tests run), tf.data's ``make_deterministic`` graph rewrite turns a
+    parallel map whose function holds stateful ops, as ours does, into a
+    sequential map anyway, and TensorFlow 2.21 logs an error line with a
+    timestamp while doing so ("NodeDef mentions attribute use_unbounded_threadpool
+    which is not in the op definition"). Asking for the sequential map here
+    gives the same items, without the rewrite and its line.
+    """
+    from tensorflow.python.framework import config as tf_config  # no public getter
+
+    if num_parallel_calls is None or tf_config.is_op_determinism_enabled():
+        return dataset.map(function)
+    return dataset.map(function, num_parallel_calls=num_parallel_calls, deterministic=True)
+
+
 # ---------------------------------------------------------------------------
 # Augmentation (the original's augmentation.py, written in TensorFlow)
 # ---------------------------------------------------------------------------
@@ -275,7 +293,7 @@ class FramesDataset:
             return {"source": frames[0], "driving": frames[1], "name": tables["names"][video]}, ok
 
         dataset = tf.data.Dataset.zip(order, keys)
-        dataset = dataset.map(load, num_parallel_calls=num_parallel_calls, deterministic=True)
+        dataset = _map(dataset, load, num_parallel_calls)
         dataset = dataset.filter(_is_good).map(_item)
         if self.skip_bad:
             dataset = dataset.ignore_errors(log_warning=True)
@@ -292,7 +310,7 @@ class FramesDataset:
             return {"video": frames, "name": tables["names"][video]}, ok
 
         dataset = tf.data.Dataset.range(len(self.videos), output_type=tf.int32)
-        dataset = dataset.map(load, num_parallel_calls=num_parallel_calls, deterministic=True)
+        dataset = _map(dataset, load, num_parallel_calls)
         dataset = dataset.filter(_is_good).map(_item)
         if self.skip_bad:
             dataset = dataset.ignore_errors(log_warning=True)

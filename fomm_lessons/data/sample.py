@@ -315,6 +315,17 @@ def ensure_sample_dataset(root="../data/generated/sample-64", size=64, **options
     return root
 
 
+def ensure_eval_dataset(root="../data/generated/sample-64-eval", size=64, **options):
+    """The held-out motions of the ``sample-64`` model at ``root``, made first when missing.
+
+    The same identities as sample-64's training set (``identities="extended"``)
+    moving along other motions (``seed=1``; training used seed 0), so nothing in
+    it was trained on, and its test split (grace_hopper) is a face sample-64
+    never saw. ``options`` go to :func:`make_sample_dataset`.
+    """
+    return ensure_sample_dataset(root, size=size, **{"identities": "extended", "seed": 1, **options})
+
+
 def load_meta(root):
     """The motion metadata of a sample dataset (``ROOT/meta/sample.json``)."""
     path = os.path.join(os.fspath(root), META_FILE)
