@@ -120,8 +120,10 @@ def describe(strategy):
     if strategy is None:
         return "strategy: one device (1 replica)"
     replicas = strategy.num_replicas_in_sync
-    text = f"strategy: {type(strategy).__name__}, {replicas} replica{'s' if replicas != 1 else ''}"
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    several = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    name = "MultiWorkerMirroredStrategy" if several else type(strategy).__name__  # not its alias's name
+    text = f"strategy: {name}, {replicas} replica{'s' if replicas != 1 else ''}"
+    if several:
         index, workers = task_of(strategy)
         role = "the chief, which writes the run folder" if strategy.extended.should_checkpoint else "not the chief"
         text += f" on {workers} worker{'s' if workers != 1 else ''} (this is worker {index}, {role})"
