@@ -15,6 +15,11 @@ too, so the same seed on the same data and machine gives the same run.
 A checkpoint is written only when every weight and optimizer variable is
 finite, and a disk that fills up during a save leaves the previous checkpoint
 and export as they were (:mod:`fomm_lessons.run_folder`).
+
+The same trainer runs under a ``tf.distribute`` strategy
+(:func:`fomm_lessons.distribute.make_strategy`): one machine's GPUs, or
+several workers, where each replica takes its rows of every global batch and
+only the chief writes the run folder.
 """
 
 import contextlib
