@@ -146,6 +146,9 @@ def build_parser():
     train.add_argument("--seed", type=int, default=0, help="random seed")
     train.add_argument("--vgg", default="auto",
                        help="VGG19 weights for the perceptual loss: auto, imagenet, torchvision, random or a file")
+    train.add_argument("--strategy", choices=("auto", "one", "mirrored", "multi-worker"), default="auto",
+                       help="how to spread the steps (default auto: multi-worker when TF_CONFIG lists several "
+                            "workers, mirrored over several GPUs, else one device)")
     train.set_defaults(func=_cmd_train)
 
     animate = commands.add_parser("animate", help="animate a source image with a driving video")

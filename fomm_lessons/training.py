@@ -15,12 +15,21 @@ too, so the same seed on the same data and machine gives the same run.
 A checkpoint is written only when every weight and optimizer variable is
 finite, and a disk that fills up during a save leaves the previous checkpoint
 and export as they were (:mod:`fomm_lessons.run_folder`).
+
+The same trainer runs under a ``tf.distribute`` strategy
+(:func:`fomm_lessons.distribute.make_strategy`): one machine's GPUs, or
+several workers, where each replica takes its rows of every global batch and
+only the chief writes the run folder.
 """
 
+import contextlib
 import math
 import shlex
+import shutil
 import signal
 import sys
+import tempfile
+import weakref
 from pathlib import Path
 
 import keras
@@ -29,6 +38,8 @@ from tqdm.auto import tqdm
 
 from fomm_lessons.checkpoint import build_models
 from fomm_lessons.config import validate_config
+from fomm_lessons.distribute import (WorkerLost, describe as describe_strategy, distribute_batches, make_strategy,
+                                     peer_failure, task_of)
 from fomm_lessons.losses import discriminator_losses, generator_losses
 from fomm_lessons.run_folder import (DiskFull, last_good_checkpoint, last_good_text,
                                      lock_run_folder, log_epoch, log_line, non_finite, restore_newest_good,
@@ -70,6 +81,14 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.distributed = strategy is not None
         self.strategy = strategy or tf.distribute.get_strategy()
+        # Under several workers every one takes part in each save (TensorFlow's pattern), but only
+        # the chief writes the run folder; the others write to a folder of their own, removed after.
+        self.chief = bool(self.strategy.extended.should_checkpoint)
+        self.write_dir = self.out_dir
+        if not self.chief:
+            self.write_dir = Path(tempfile.mkdtemp(prefix="fomm-lessons-worker-"))
+            self._remove_write_dir = weakref.finalize(self, shutil.rmtree, str(self.write_dir), ignore_errors=True)
+        self.max_to_keep = max_to_keep
         self.seed = int(seed)
         default_xla, default_precision = device_defaults()
         self.xla = default_xla if xla is None else bool(xla)
@@ -113,7 +132,7 @@ class Trainer:
             step=self.step, epoch=self.epoch,
             **{f"{name}_weights": list(self._network(name).weights) for name in self.optimizers},
             **{f"optimizer_{name}": list(opt.variables) for name, opt in self.optimizers.items()})
-        self.manager = tf.train.CheckpointManager(self.checkpoint, self.out_dir / "checkpoints", max_to_keep)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.write_dir / "checkpoints", max_to_keep)
         self._step_fn = None
 
     def _adam(self, lr):
@@ -225,8 +244,10 @@ class Trainer:
             batch["tps_params"] = tps.control_params if tps.has_tps else tf.zeros([batch_size, points**2])
             return batch
 
-        dataset = dataset.enumerate().map(add_transform).skip(skip).prefetch(tf.data.AUTOTUNE)
-        return self.strategy.experimental_distribute_dataset(dataset) if self.distributed else dataset
+        dataset = dataset.enumerate().map(add_transform).skip(skip)
+        if self.distributed:  # each replica's rows of every global batch
+            return distribute_batches(self.strategy, dataset, batch_size)
+        return dataset.prefetch(tf.data.AUTOTUNE)
 
     # -- the loop -----------------------------------------------------------
 
@@ -243,8 +264,16 @@ class Trainer:
 
         The newer ones that could not be used are listed in ``self.skipped`` as (path, why).
         """
-        path, self.skipped = restore_newest_good(self.checkpoint, self.manager)
+        manager = self.manager  # a worker that is not the chief reads the chief's checkpoints
+        if self.write_dir != self.out_dir:
+            manager = tf.train.CheckpointManager(self.checkpoint, self.out_dir / "checkpoints", self.max_to_keep)
+        path, self.skipped = restore_newest_good(self.checkpoint, manager)
         return path
+
+    def close(self):
+        """Remove the folder a worker that is not the chief wrote its checkpoint copies to."""
+        if not self.chief:
+            self._remove_write_dir()
 
     def last_good_checkpoint(self):
         """The newest checkpoint of the run folder whose every tensor reads finite, or None."""
@@ -264,7 +293,7 @@ class Trainer:
         if bad:
             raise TrainingDiverged(f"{len(bad)} weights are NaN or Inf at step {step} (first: {bad[0]}), "
                                    f"so no checkpoint was written; {last_good_text(self.manager)}")
-        return save_checkpoint(self.manager, step, self.models, self.out_dir / "models")
+        return save_checkpoint(self.manager, step, self.models, self.write_dir / "models")
 
     def _set_learning_rates(self, epoch):
         milestones = self.train_params.get("epoch_milestones", [])
@@ -300,7 +329,7 @@ class Trainer:
                 handlers[signum] = signal.signal(signum, on_signal)
             except ValueError:  # not the main thread: no handlers
                 pass
-        writer = tf.summary.create_file_writer(str(self.out_dir / "tensorboard"))
+        writer = tf.summary.create_file_writer(str(self.write_dir / "tensorboard"))
         step_fn = self._compiled_step()
         bar = tqdm(total=total, initial=int(self.step.numpy()), disable=not progress, desc="train", unit="step")
         epoch_means = {}
@@ -342,9 +371,9 @@ class Trainer:
                     # count == 0: the checkpoint was written at the epoch's last step (a signal, a kill)
                     # before the epoch was counted; there is no batch of it in this process to log.
                     if count:
-                        local = lambda t: tf.concat(self.strategy.experimental_local_results(t), axis=0)  # noqa
-                        log_epoch(self.out_dir, epoch, int(self.step.numpy()), epoch_means, local(batch["source"]),
-                                  local(batch["driving"]), images, writer)
+                        whole = (lambda t: self.strategy.gather(t, axis=0)) if self.distributed else tf.identity
+                        log_epoch(self.write_dir, epoch, int(self.step.numpy()), epoch_means, whole(batch["source"]),
+                                  whole(batch["driving"]), images, writer)
                     if saved != int(self.step.numpy()):
                         self.save()
                         saved = int(self.step.numpy())
@@ -366,7 +395,8 @@ def _resume_command(args):
     for option, value, default in (("--steps", args.steps, None), ("--seed", args.seed, 0),
                                    ("--checkpoint-every", args.checkpoint_every, None),
                                    ("--mixed-precision", args.mixed_precision, "auto"),
-                                   ("--vgg", getattr(args, "vgg", "auto"), "auto")):
+                                   ("--vgg", getattr(args, "vgg", "auto"), "auto"),
+                                   ("--strategy", getattr(args, "strategy", "auto"), "auto")):
         if value != default:
             words += [option, str(value)]
     if args.xla is not None:
@@ -380,54 +410,89 @@ def _positive(value, option):
 
 
 def main(args):
-    """``fomm-lessons train``: one run at a time per run folder; exit 130/143 when stopped by SIGINT/SIGTERM."""
+    """``fomm-lessons train``: one run at a time per run folder; exit 130/143 when stopped by SIGINT/SIGTERM.
+
+    Under several workers (``--strategy multi-worker`` and ``TF_CONFIG``, see
+    :mod:`fomm_lessons.distribute`) only the chief locks and writes ``--out``;
+    the lock does not keep the other workers of its job out. A lost worker
+    ends every worker with one line; all restart with ``--resume``.
+    """
     from fomm_lessons.config import load_config
     from fomm_lessons.data.loader import FramesDataset
 
     _positive(args.steps, "--steps")
     _positive(args.checkpoint_every, "--checkpoint-every")
     config = load_config(args.config, command="train")
+    strategy = make_strategy(getattr(args, "strategy", "auto"))  # before other TensorFlow work
+    print(describe_strategy(strategy))
+    worker, workers = task_of(strategy)
+    chief = strategy is None or bool(strategy.extended.should_checkpoint)
     frames = FramesDataset.from_config(args.data, config.get("dataset_params", {}), "train")
     out = Path(args.out)
     if args.resume and not (out / "checkpoints").is_dir():
         raise ValueError(f"--resume: no checkpoint in {out / 'checkpoints'}")
-    out.mkdir(parents=True, exist_ok=True)
-    with lock_run_folder(out):
-        if (out / "checkpoints").exists() and not args.resume and any((out / "checkpoints").iterdir()):
-            raise ValueError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
-        trainer = Trainer(config, out, xla=args.xla, mixed_precision=args.mixed_precision, seed=args.seed,
-                          checkpoint_every=args.checkpoint_every, vgg_weights=getattr(args, "vgg", "auto"))
-        print(f"VGG19 weights for the perceptual loss: {trainer.vgg_description}")
-        if args.resume:
-            restored = trainer.restore()
-            for path, problem in trainer.skipped:
-                print(f"fomm-lessons train: warning: skipping the checkpoint {path}: {problem}", file=sys.stderr)
-                log_line(out, f"skipped the checkpoint {path}: {problem}")
-            if restored is None:
-                raise ValueError(f"--resume: no checkpoint in {out / 'checkpoints'} can be used"
-                                 + (f" ({len(trainer.skipped)} skipped, see above)" if trainer.skipped else ""))
-            print(f"resuming from {restored} (step {int(trainer.step.numpy())})")
-        step = int(trainer.step.numpy())
-        log_line(out, f"start at step {step}: config {args.config}, data {args.data}, seed {args.seed}, "
-                      f"VGG19 weights {trainer.vgg_description}")
-        if args.steps is not None and args.steps <= step:
-            print(f"nothing to train: the run is at step {step} and --steps is {args.steps}")
-            return 0
-        try:
-            trainer.fit(frames, steps=args.steps)
-        except (TrainingDiverged, DiskFull) as error:
-            log_line(out, f"stopped: {error}")
-            if isinstance(error, DiskFull):
-                raise
-            raise ValueError(str(error)) from None
-        step = int(trainer.step.numpy())
-        if trainer.interrupted is not None:
-            name = signal.Signals(trainer.interrupted).name
-            log_line(out, f"interrupted by {name} at step {step}")
-            print(f"fomm-lessons train: interrupted by {name} at step {step}; the checkpoint "
-                  f"{trainer.manager.latest_checkpoint} is saved; continue with: {_resume_command(args)}",
-                  file=sys.stderr)
-            return 128 + int(trainer.interrupted)
-        log_line(out, f"done at step {step}")
+    note = (lambda text: log_line(out, text)) if chief else (lambda text: None)
+    if chief:
+        out.mkdir(parents=True, exist_ok=True)
+    trainer = None
+    try:
+        with lock_run_folder(out) if chief else contextlib.nullcontext():
+            if (out / "checkpoints").exists() and not args.resume and any((out / "checkpoints").iterdir()):
+                raise ValueError(f"{out} already holds checkpoints: pass --resume to continue, "
+                                 "or choose another --out")
+            trainer = Trainer(config, out, strategy=strategy, xla=args.xla, mixed_precision=args.mixed_precision,
+                              seed=args.seed, checkpoint_every=args.checkpoint_every,
+                              vgg_weights=getattr(args, "vgg", "auto"))
+            return _train(args, trainer, frames, out, note)
+    except tf.errors.OpError as error:
+        cause = peer_failure(error) if workers > 1 else None
+        if cause is None:
+            raise
+        last = tf.train.latest_checkpoint(str(out / "checkpoints"))
+        message = (f"worker {worker} of {workers} stops: another worker is gone ({cause}); restart every "
+                   f"worker with --resume to continue from {last or 'the start (no checkpoint yet)'}")
+        note(f"stopped: {message}")
+        raise WorkerLost(message) from None
+    finally:
+        if trainer is not None:
+            trainer.close()
+
+
+def _train(args, trainer, frames, out, note):
+    """The run of :func:`main` once its folder is locked and its trainer built."""
+    print(f"VGG19 weights for the perceptual loss: {trainer.vgg_description}")
+    if args.resume:
+        restored = trainer.restore()
+        for path, problem in trainer.skipped:
+            print(f"fomm-lessons train: warning: skipping the checkpoint {path}: {problem}", file=sys.stderr)
+            note(f"skipped the checkpoint {path}: {problem}")
+        if restored is None:
+            raise ValueError(f"--resume: no checkpoint in {out / 'checkpoints'} can be used"
+                             + (f" ({len(trainer.skipped)} skipped, see above)" if trainer.skipped else ""))
+        print(f"resuming from {restored} (step {int(trainer.step.numpy())})")
+    step = int(trainer.step.numpy())
+    note(f"start at step {step}: config {args.config}, data {args.data}, seed {args.seed}, "
+         f"VGG19 weights {trainer.vgg_description}")
+    if args.steps is not None and args.steps <= step:
+        print(f"nothing to train: the run is at step {step} and --steps is {args.steps}")
+        return 0
+    try:
+        trainer.fit(frames, steps=args.steps)
+    except (TrainingDiverged, DiskFull) as error:
+        note(f"stopped: {error}")
+        if isinstance(error, DiskFull):
+            raise
+        raise ValueError(str(error)) from None
+    step = int(trainer.step.numpy())
+    if trainer.interrupted is not None:
+        name = signal.Signals(trainer.interrupted).name
+        note(f"interrupted by {name} at step {step}")
+        saved = trainer.manager.latest_checkpoint if trainer.chief else tf.train.latest_checkpoint(
+            str(out / "checkpoints"))  # a worker's own copies are removed
+        print(f"fomm-lessons train: interrupted by {name} at step {step}; the checkpoint "
+              f"{saved} is saved; continue with: {_resume_command(args)}",
+              file=sys.stderr)
+        return 128 + int(trainer.interrupted)
+    note(f"done at step {step}")
     print(f"trained to step {step}; checkpoints in {out / 'checkpoints'}, models in {out / 'models'}")
     return 0

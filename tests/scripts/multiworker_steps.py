@@ -1,0 +1,72 @@
+"""A few training steps on the real data path, as one worker of a cluster or as one process.
+
+Run as a script: ``multiworker_steps.py MODE CONFIG_JSON DATA OUT STEPS``, MODE one of
+
+* ``worker``: one worker of ``MultiWorkerMirroredStrategy`` (``TF_CONFIG`` says which);
+* ``one``: one process on one device, then again with the source frames changed by
+  one part in 10^6 (the model's own float32 noise floor, as in distributed_step.py).
+
+The optimizers are plain SGD at rate 1, so a weight's change is its summed
+gradient (Adam's first step, lr * sign(g), would turn float noise in a near-zero
+gradient into a full +-lr difference). It writes ``OUT/<name>.npz``: the weights
+before and after, and the losses of each step.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from fomm_lessons.distribute import make_strategy  # noqa: E402
+
+
+def run(config, strategy, data, out, steps, nudge=1.0):
+    from fomm_lessons.data.loader import FramesDataset
+    from fomm_lessons.training import Trainer
+
+    keras.utils.set_random_seed(0)
+    trainer = Trainer(config, out, strategy=strategy, xla=False, mixed_precision="off", vgg_weights="random")
+    with trainer.strategy.scope():
+        for name in trainer.optimizers:
+            trainer.optimizers[name] = keras.optimizers.SGD(learning_rate=1.0)
+            trainer.optimizers[name].build(getattr(trainer.models, name).trainable_variables)
+    frames = FramesDataset.from_config(data, config["dataset_params"], "train")
+    before = trainer.get_weights()
+    step = trainer._compiled_step()
+    losses = []
+    for index, batch in enumerate(trainer.epoch_dataset(frames, 0)):
+        if index == steps:
+            break
+        if nudge != 1.0:
+            batch = dict(batch, source=batch["source"] * np.float32(nudge))
+        values, _ = step(batch)
+        losses.append({k: float(v) for k, v in values.items()})
+    names = [w.path if w.trainable else "stat:" + w.path for net in trainer._all_networks() for w in net.weights]
+    trainer.close()
+    return before, trainer.get_weights(), losses, names
+
+
+def save(path, before, after, losses, names):
+    np.savez(path, *before, *after, losses=json.dumps(losses), names=json.dumps(names))
+
+
+def main():
+    mode, config, data, out, steps = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
+    tf.config.experimental.enable_op_determinism()
+    if mode == "worker":
+        strategy = make_strategy("multi-worker")  # before any other TensorFlow work
+        index = strategy.cluster_resolver.task_id
+        save(os.path.join(out, f"worker-{index}.npz"), *run(config, strategy, data, out + f"/w{index}", steps))
+    else:
+        save(os.path.join(out, "one.npz"), *run(config, None, data, out + "/one", steps))
+        save(os.path.join(out, "noise.npz"), *run(config, None, data, out + "/noise", steps, nudge=1 + 1e-6))
+    print(f"done {mode}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
