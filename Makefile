@@ -18,8 +18,10 @@ LEGACY := .venv-legacy
 LEGACY_PYTHON ?= python3.11
 PYTEST_ARGS ?=
 PYTEST_WORKERS ?= auto
-# loadfile keeps a file's tests (a notebook's cells) in order on one worker.
-XDIST = $(if $(filter 1,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
+# Tests go one at a time to whichever worker is free (worksteal: the long training tests of one
+# file spread over the workers); loadfile keeps a notebook's cells in order on one worker.
+XDIST = $(if $(filter 1,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist worksteal)
+XDIST_NOTEBOOKS = $(if $(filter 1,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 NBVAL = --nbval --nbval-sanitize-with $(CURDIR)/book/nbval-sanitize.cfg
 
 .PHONY: venv book setup test test-unit test-chapters test-legacy legacy-env browser clean
@@ -42,7 +44,7 @@ test-unit: venv browser
 
 # Every chapter in _toc.yml re-run and compared with its stored outputs by nbval.
 test-chapters: venv
-	$(BIN)/python -m pytest $(XDIST) $(NBVAL) book $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST_NOTEBOOKS) $(NBVAL) book $(PYTEST_ARGS)
 
 # tensorflow-addons only imports with TensorFlow <= 2.15 and Python <= 3.11, so
 # its cross-check of `resample` runs in a separate, older environment.

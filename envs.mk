@@ -94,7 +94,7 @@ else
 		name=$$(basename $$chapter .ipynb); mkdir "$$alone/$$name"; cp $$chapter "$$alone/$$name/"; \
 	done; \
 	echo "test-colab: the chapters, each alone in $$alone/NAME/"; \
-	cd "$$alone" && env -u PYTHONPATH $(COLAB_BIN)/pytest -p no:cacheprovider $(XDIST) $(NBVAL) \
+	cd "$$alone" && env -u PYTHONPATH $(COLAB_BIN)/pytest -p no:cacheprovider $(XDIST_NOTEBOOKS) $(NBVAL) \
 		--nbval-current-env */*.ipynb $(PYTEST_ARGS)
 endif
 
