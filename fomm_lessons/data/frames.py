@@ -203,6 +203,26 @@ def mp4_video_index(path):
     return None
 
 
+def check_not_truncated(path, decoded=None):
+    """Refuses a cut mp4/mov copy: one whose index lists more frames than the file holds.
+
+    ffmpeg decodes such a file up to the cut without a word, so a shortened video would pass
+    for a whole one. ``decoded``, the number of frames read, is named in the message when given.
+    GIFs and files whose index does not parse are let through (no evidence either way).
+    """
+    if path.lower().endswith(".gif"):
+        return
+    try:
+        index = mp4_video_index(path)
+    except (struct.error, OSError):
+        return
+    if index is not None and index[1] < index[0]:
+        listed = (f"{decoded} frames decoded, its index lists {index[0]}" if decoded is not None
+                  else f"its index lists {index[0]} frames")
+        raise VideoError(path, f"it is truncated: {listed} and only {index[1]} of them are in the "
+                               "file; download or copy it again")
+
+
 def _read_file_frames(path):
     """All frames of a real video file as a list of arrays.
 
@@ -222,15 +242,7 @@ def _read_file_frames(path):
         raise VideoError(path, f"{type(error).__name__}: {first_line}") from None
     if not frames:
         raise VideoError(path, "it has no frames")
-    if not path.lower().endswith(".gif"):
-        try:
-            index = mp4_video_index(path)
-        except (struct.error, OSError):  # an index that does not parse is no evidence either way
-            index = None
-        if index is not None and index[1] < index[0]:
-            raise VideoError(path, f"it is truncated: {len(frames)} frames decoded, its index lists "
-                                   f"{index[0]} and only {index[1]} of them are in the file; "
-                                   "download or copy it again")
+    check_not_truncated(path, decoded=len(frames))
     return frames
 
 

@@ -16,14 +16,13 @@
 
 import os
 import re
-import struct
 import tempfile
 
 import numpy as np
 from PIL import Image
 
-from fomm_lessons.data.frames import (VIDEO_SUFFIXES, VideoError, frame_files, grey_bits, is_video,
-                                      mp4_video_index, to_rgb)
+from fomm_lessons.data.frames import (VIDEO_SUFFIXES, VideoError, check_not_truncated, frame_files,
+                                      grey_bits, is_video, to_rgb)
 from fomm_lessons.data.media import DEFAULT_FPS, OUTPUT_SUFFIXES, claim_output_folder, is_folder_path, mux_audio
 
 CHUNK = 32  # frames decoded per chunk: 32 x 256 x 256 x 3 float32 = 25 MB
@@ -137,14 +136,7 @@ def raw_frames(path):
         raise VideoError(path, f"expected a folder of frames or a {'/'.join(VIDEO_SUFFIXES)} file")
     import imageio.v2 as imageio
 
-    if not path.lower().endswith(".gif"):  # a cut download: ffmpeg would stop at the cut, silently
-        try:
-            index = mp4_video_index(path)
-        except (struct.error, OSError):  # an index that does not parse is no evidence either way
-            index = None
-        if index is not None and index[1] < index[0]:
-            raise VideoError(path, f"it is truncated: its index lists {index[0]} frames and only {index[1]} "
-                                   "of them are in the file; download or copy it again")
+    check_not_truncated(path)  # a cut download: ffmpeg would stop at the cut, silently
 
     def unreadable(error):
         first_line = (str(error).strip().splitlines() or [""])[0]  # not ffmpeg's whole log
