@@ -13,7 +13,8 @@ _SUBMODULES = {
     "sampling", "blocks", "config", "keypoint_detector", "dense_motion", "generator",
     "discriminator", "perceptual", "losses", "checkpoint", "data", "training",
     "animate", "evaluate", "viz", "notebook", "bench", "cli", "torchfile", "gpu_suite",
-    "pretrained", "download", "pyramid", "tps", "torchpickle", "registry",
+    "pretrained", "download", "pyramid", "tps", "torchpickle", "registry", "distribute", "budget",
+    "run_folder", "train_command",
 }
 
 

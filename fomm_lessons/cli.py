@@ -34,9 +34,9 @@ def _cmd_convert(args):
 
 
 def _cmd_train(args):
-    from fomm_lessons import training
+    from fomm_lessons import train_command
 
-    return training.main(args)
+    return train_command.main(args)
 
 
 def _cmd_animate(args):

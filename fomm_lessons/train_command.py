@@ -1,0 +1,127 @@
+"""``fomm-lessons train``: a run folder, a strategy and a :class:`~fomm_lessons.training.Trainer`.
+
+One run at a time per run folder (a lock), ``--resume`` from the newest checkpoint that reads
+whole and finite, exit 130/143 with the command that continues the run when stopped by
+SIGINT/SIGTERM, and under several workers one line when a worker is lost.
+"""
+
+import contextlib
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+import tensorflow as tf
+
+from fomm_lessons.distribute import WorkerLost, describe as describe_strategy, make_strategy, peer_failure, task_of
+from fomm_lessons.run_folder import DiskFull, lock_run_folder, log_line
+from fomm_lessons.training import Trainer, TrainingDiverged
+
+
+def _resume_command(args):
+    """The command line that continues this run."""
+    words = ["fomm-lessons", "train", "--config", args.config, "--data", args.data, "--out", args.out]
+    for option, value, default in (("--steps", args.steps, None), ("--seed", args.seed, 0),
+                                   ("--checkpoint-every", args.checkpoint_every, None),
+                                   ("--mixed-precision", args.mixed_precision, "auto"),
+                                   ("--vgg", getattr(args, "vgg", "auto"), "auto"),
+                                   ("--strategy", getattr(args, "strategy", "auto"), "auto")):
+        if value != default:
+            words += [option, str(value)]
+    if args.xla is not None:
+        words.append("--xla" if args.xla else "--no-xla")
+    return shlex.join(words + ["--resume"])
+
+
+def _positive(value, option):
+    if value is not None and value < 1:
+        raise ValueError(f"{option} must be a positive number of steps, got {value}")
+
+
+def main(args):
+    """``fomm-lessons train``: one run at a time per run folder; exit 130/143 when stopped by SIGINT/SIGTERM.
+
+    Under several workers (``--strategy multi-worker`` and ``TF_CONFIG``, see
+    :mod:`fomm_lessons.distribute`) only the chief locks and writes ``--out``;
+    the lock does not keep the other workers of its job out. A lost worker
+    ends every worker with one line; all restart with ``--resume``.
+    """
+    from fomm_lessons.config import load_config
+    from fomm_lessons.data.loader import FramesDataset
+
+    _positive(args.steps, "--steps")
+    _positive(args.checkpoint_every, "--checkpoint-every")
+    config = load_config(args.config, command="train")
+    strategy = make_strategy(getattr(args, "strategy", "auto"))  # before other TensorFlow work
+    print(describe_strategy(strategy))
+    worker, workers = task_of(strategy)
+    chief = strategy is None or bool(strategy.extended.should_checkpoint)
+    frames = FramesDataset.from_config(args.data, config.get("dataset_params", {}), "train")
+    out = Path(args.out)
+    if args.resume and not (out / "checkpoints").is_dir():
+        raise ValueError(f"--resume: no checkpoint in {out / 'checkpoints'}")
+    note = (lambda text: log_line(out, text)) if chief else (lambda text: None)
+    if chief:
+        out.mkdir(parents=True, exist_ok=True)
+    trainer = None
+    try:
+        with lock_run_folder(out) if chief else contextlib.nullcontext():
+            if (out / "checkpoints").exists() and not args.resume and any((out / "checkpoints").iterdir()):
+                raise ValueError(f"{out} already holds checkpoints: pass --resume to continue, "
+                                 "or choose another --out")
+            trainer = Trainer(config, out, strategy=strategy, xla=args.xla, mixed_precision=args.mixed_precision,
+                              seed=args.seed, checkpoint_every=args.checkpoint_every,
+                              vgg_weights=getattr(args, "vgg", "auto"))
+            return _train(args, trainer, frames, out, note)
+    except tf.errors.OpError as error:
+        cause = peer_failure(error) if workers > 1 else None
+        if cause is None:
+            raise
+        last = tf.train.latest_checkpoint(str(out / "checkpoints"))
+        message = (f"worker {worker} of {workers} stops: another worker is gone ({cause}); restart every "
+                   f"worker with --resume to continue from {last or 'the start (no checkpoint yet)'}")
+        note(f"stopped: {message}")
+        raise WorkerLost(message) from None
+    finally:
+        if trainer is not None:
+            trainer.close()
+
+
+def _train(args, trainer, frames, out, note):
+    """The run of :func:`main` once its folder is locked and its trainer built."""
+    print(f"VGG19 weights for the perceptual loss: {trainer.vgg_description}")
+    if args.resume:
+        restored = trainer.restore()
+        for path, problem in trainer.skipped:
+            print(f"fomm-lessons train: warning: skipping the checkpoint {path}: {problem}", file=sys.stderr)
+            note(f"skipped the checkpoint {path}: {problem}")
+        if restored is None:
+            raise ValueError(f"--resume: no checkpoint in {out / 'checkpoints'} can be used"
+                             + (f" ({len(trainer.skipped)} skipped, see above)" if trainer.skipped else ""))
+        print(f"resuming from {restored} (step {int(trainer.step.numpy())})")
+    step = int(trainer.step.numpy())
+    note(f"start at step {step}: config {args.config}, data {args.data}, seed {args.seed}, "
+         f"VGG19 weights {trainer.vgg_description}")
+    if args.steps is not None and args.steps <= step:
+        print(f"nothing to train: the run is at step {step} and --steps is {args.steps}")
+        return 0
+    try:
+        trainer.fit(frames, steps=args.steps)
+    except (TrainingDiverged, DiskFull) as error:
+        note(f"stopped: {error}")
+        if isinstance(error, DiskFull):
+            raise
+        raise ValueError(str(error)) from None
+    step = int(trainer.step.numpy())
+    if trainer.interrupted is not None:
+        name = signal.Signals(trainer.interrupted).name
+        note(f"interrupted by {name} at step {step}")
+        saved = trainer.manager.latest_checkpoint if trainer.chief else tf.train.latest_checkpoint(
+            str(out / "checkpoints"))  # a worker's own copies are removed
+        print(f"fomm-lessons train: interrupted by {name} at step {step}; the checkpoint "
+              f"{saved} is saved; continue with: {_resume_command(args)}",
+              file=sys.stderr)
+        return 128 + int(trainer.interrupted)
+    note(f"done at step {step}")
+    print(f"trained to step {step}; checkpoints in {out / 'checkpoints'}, models in {out / 'models'}")
+    return 0
