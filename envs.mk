@@ -17,8 +17,14 @@ UV := $(ENVS)/uv/bin/uv
 LOWEST_PYTHON ?= 3.10
 COLAB_PYTHON ?= 3.12
 # The unit tests that exercise the networks, batch norm, training, frame reading and packaging,
-# and the book's (a chapter run outside pytest, where TensorFlow's C++ logs would show).
-ENV_TESTS ?= tests/test_blocks.py tests/test_networks.py tests/test_training.py \
+# and the book's (a chapter run outside pytest, where TensorFlow's C++ logs would show). Of the
+# training tests, those that lean on TensorFlow and Keras themselves (checkpoints read back exactly,
+# non-finite weights, mixed-precision policies, seeding); the command-line and signal handling of
+# `fomm-lessons train` is Python of ours, tested in .venv/ (test-unit).
+ENV_TRAINING := $(addprefix tests/test_training.py::test_,learning_rate_schedule_is_multistep \
+	resume_continues_exactly nan_weights_or_losses_stop_training_and_keep_the_last_good_checkpoint \
+	mixed_precision_step_gives_finite_float32_losses the_seed_sets_the_initial_weights)
+ENV_TESTS ?= tests/test_blocks.py tests/test_networks.py $(ENV_TRAINING) \
 	tests/test_data_frames.py tests/test_package.py tests/test_book.py
 ENV_PYTEST := -p no:cacheprovider -m "not slow"
 # uv never downloads an interpreter here (that needs more than PyPI); pyenv's or PATH's are used.
@@ -93,9 +99,11 @@ else
 	for chapter in $$($(COLAB_BIN)/python -c 'import conftest; print(*conftest.toc_notebooks())'); do \
 		name=$$(basename $$chapter .ipynb); mkdir "$$alone/$$name"; cp $$chapter "$$alone/$$name/"; \
 	done; \
+	cp book/nbval-sanitize.cfg "$$alone/"; \
 	echo "test-colab: the chapters, each alone in $$alone/NAME/"; \
-	cd "$$alone" && env -u PYTHONPATH $(COLAB_BIN)/pytest -p no:cacheprovider $(XDIST_NOTEBOOKS) $(NBVAL) \
-		--nbval-current-env */*.ipynb $(PYTEST_ARGS)
+	cd "$$alone" && env -u PYTHONPATH $(COLAB_BIN)/pytest -p no:cacheprovider --rootdir="$$alone" \
+		$(XDIST_NOTEBOOKS) --nbval --nbval-sanitize-with nbval-sanitize.cfg --nbval-current-env \
+		*/*.ipynb $(PYTEST_ARGS)
 endif
 
 test-envs: test-lowest test-colab
