@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from fomm_lessons import cli, download, pretrained
+from zip_server import answer_range, byte_range
 
 TORCH_REASON = "PyTorch writes the published checkpoints of these tests: pip install -e '.[oracle]'"
 NAME = "test-cpu-64"
@@ -58,14 +59,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         start, end = 0, len(body) - 1
         wanted = self.headers.get("Range")
         if wanted:
-            match = re.fullmatch(r"bytes=(\d+)-(\d*)", wanted.strip())
-            start = int(match.group(1))
-            end = min(int(match.group(2)), end) if match.group(2) else end
-            if start > end:
-                self.send_error(416, "range not satisfiable")
+            if not answer_range(self, wanted, len(body)):
                 return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{end}/{len(body)}")
+            start, end = byte_range(wanted, len(body))
         else:
             self.send_response(200)
         chunk = body[start:end + 1]

@@ -12,6 +12,25 @@ ZIP_NAME = "vox2/vox2_test_mp4.zip"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
+def byte_range(header, size):
+    """(first, last) byte of an HTTP ``Range: bytes=...`` header on ``size`` bytes (last < first: none)."""
+    match = re.fullmatch(r"bytes=(\d*)-(\d*)", header.strip())
+    if match.group(1):
+        return int(match.group(1)), min(int(match.group(2)), size - 1) if match.group(2) else size - 1
+    return max(0, size - int(match.group(2))), size - 1  # a suffix range: the last N bytes
+
+
+def answer_range(handler, header, size):
+    """Starts a 206 answer for ``header`` on ``size`` bytes, or sends 416; whether it is a 206."""
+    start, end = byte_range(header, size)
+    if start > end:
+        handler.send_error(416, "range not satisfiable")
+        return False
+    handler.send_response(206)
+    handler.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+    return True
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):  # keep pytest output clean
         pass
@@ -36,17 +55,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         blob, start, end = state.blob, 0, len(state.blob) - 1
         wanted = self.headers.get("Range")
         if state.ranges and wanted:
-            match = re.fullmatch(r"bytes=(\d*)-(\d*)", wanted.strip())
-            if match.group(1):
-                start = int(match.group(1))
-                end = min(int(match.group(2)), end) if match.group(2) else end
-            else:  # suffix range: the last N bytes
-                start = max(0, len(blob) - int(match.group(2)))
-            if start > end:
-                self.send_error(416, "range not satisfiable")
+            if not answer_range(self, wanted, len(blob)):
                 return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{end}/{len(blob)}")
+            start, end = byte_range(wanted, len(blob))
         else:
             self.send_response(200)
         body = blob[start:end + 1]
