@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from fomm_lessons import cli, download, pretrained
-from zip_server import answer_range, byte_range
+from zip_server import LocalServer, answer_range, byte_range
 
 TORCH_REASON = "PyTorch writes the published checkpoints of these tests: pip install -e '.[oracle]'"
 NAME = "test-cpu-64"
@@ -80,16 +80,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.close_connection = True
 
 
-class FileServer:
+class FileServer(LocalServer):
     """Serve ``files`` ({path: bytes, or a dict answered as JSON}); ``drops`` cut successive bodies."""
 
     def __init__(self, files, drops=()):
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.state = self.state = type("State", (), {})()
+        super().__init__(_Handler, type("State", (), {})())
         self.state.files, self.state.drops = dict(files), list(drops)
         self.state.requests, self.state.lock = [], threading.Lock()
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
 
     def url(self, path):
         return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
@@ -97,15 +94,6 @@ class FileServer:
     @property
     def requests(self):
         return list(self.state.requests)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
 
 
 def _closed_port_url(path="/gone.pth.tar"):

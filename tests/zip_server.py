@@ -90,7 +90,27 @@ class _State:
         self.bytes_sent, self.requests, self.lock = 0, [], threading.Lock()
 
 
-class ZipServer:
+class LocalServer:
+    """A threaded HTTP server on a free port of 127.0.0.1, for ``with`` blocks; ``state`` is the
+    handler's ``self.server.state``."""
+
+    def __init__(self, handler, state):
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.httpd.state = self.state = state
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+class ZipServer(LocalServer):
     """Serve ``blob`` as ZIP_NAME; ``drops`` lists byte counts after which successive bodies are cut.
 
     ``drop_mode``: "close" ends the connection early, "reset" sends a TCP reset, "stall" stops
@@ -102,23 +122,10 @@ class ZipServer:
 
     def __init__(self, blob, *, ranges=True, drops=(), drop_min_bytes=0, redirect=True, drop_mode="close",
                  announce_extra=0, max_requests=None):
-        self.state = _State(blob, ranges, drops, drop_min_bytes, redirect, drop_mode, announce_extra,
-                            max_requests)
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.state = self.state
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
+        super().__init__(_Handler, _State(blob, ranges, drops, drop_min_bytes, redirect, drop_mode,
+                                          announce_extra, max_requests))
 
     @property
     def url(self):
         prefix = "/resolve/main/" if self.state.redirect else "/blob/"
         return f"http://127.0.0.1:{self.httpd.server_address[1]}{prefix}{ZIP_NAME}"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
