@@ -125,9 +125,7 @@ class Suite:
 
 
 def _train_step_fn(config_name, size, batch, xla, precision, scratch):
-    import numpy as np
-    import tensorflow as tf
-
+    from fomm_lessons.budget import synthetic_batch
     from fomm_lessons.config import load_config
     from fomm_lessons.training import Trainer
 
@@ -136,13 +134,7 @@ def _train_step_fn(config_name, size, batch, xla, precision, scratch):
     params["batch_size"] = batch
     params["loss_weights"]["generator_gan"] = max(1, params["loss_weights"].get("generator_gan", 0))
     points = params["transform_params"].get("points_tps", 5)
-    rng = np.random.default_rng(0)
-    data = {
-        "source": tf.constant(rng.random((batch, size, size, 3), np.float32)),
-        "driving": tf.constant(rng.random((batch, size, size, 3), np.float32)),
-        "tps_theta": tf.constant(np.eye(2, 3) + rng.normal(0, 0.05, (batch, 2, 3)), tf.float32),
-        "tps_params": tf.constant(rng.normal(0, 0.005, (batch, points**2)), tf.float32),
-    }
+    data = synthetic_batch(batch, size, points_tps=points, seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random VGG19 weights take the time ImageNet ones take
         trainer = Trainer(config, scratch, xla=xla, mixed_precision=precision, vgg_weights="random")
