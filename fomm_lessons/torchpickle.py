@@ -4,15 +4,20 @@ Pickles can run any function they name, so :class:`RestrictedUnpickler`
 resolves a name only when it is in :data:`ALLOWED_GLOBALS`, and then to a small
 function of this module (never to torch or to the named object itself).
 Everything else raises :class:`UnsafeCheckpointError` naming the class before
-anything is called. Tensors come out of the pickle as lazy views of their
+anything is called. A pickle's own lengths are checked too before it is read:
+an opcode can claim a string or a frame of a terabyte in nine bytes, and
+CPython's unpickler (before 3.14) allocates what is claimed before it reads.
+Tensors come out of the pickle as lazy views of their
 storages; :func:`resolve` copies them into NumPy arrays once the storages'
 bytes are read, checking every size against a :class:`Budget` first.
 :mod:`fomm_lessons.torchfile` reads the two file layouts around this pickle.
 """
 
 import collections
+import io
 import math
 import pickle
+import pickletools
 
 import numpy as np
 
@@ -208,8 +213,14 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def __init__(self, file, load_storage, path):
         super().__init__(file, encoding="utf-8")
+        self._file = file
         self._load_storage = load_storage
         self._path = path
+
+    def load(self):
+        """Unpickle one object, after :func:`check_lengths` has walked its opcodes."""
+        check_lengths(self._file, self._path)
+        return super().load()
 
     def find_class(self, module, name):
         if (module, name) in ALLOWED_GLOBALS:
@@ -236,6 +247,51 @@ class RestrictedUnpickler(pickle.Unpickler):
         if not isinstance(storage_type, _StorageType):
             raise TorchFileError(f"{self._path}: storage of unknown type {storage_type!r}")
         return self._load_storage(storage_type, *saved_id[2:])
+
+
+class _Bounded:
+    """A read-only view of a seekable file that never reads (or allocates) past its end."""
+
+    def __init__(self, file):
+        self._file = file
+        start = file.tell()
+        self.end = file.seek(0, io.SEEK_END)
+        file.seek(start)
+
+    def left(self):
+        return self.end - self._file.tell()
+
+    def read(self, count=-1):
+        return self._file.read(self.left() if count < 0 else min(count, self.left()))
+
+    def readline(self):
+        return self._file.readline(self.left())
+
+    def tell(self):
+        return self._file.tell()
+
+
+def check_lengths(file, path):
+    """Check that every length in the pickle starting at ``file``'s position fits in the file.
+
+    Walks the opcodes up to STOP with :func:`pickletools.genops` (which reads, and
+    so checks, every counted string, bytes and long) through a reader that stops at
+    the end of the file, and checks each FRAME's length (which genops does not
+    read) against what is left. Nothing is unpickled; the position is restored.
+    """
+    start = file.tell()
+    bounded = _Bounded(file)
+    try:
+        for opcode, argument, position in pickletools.genops(bounded):
+            if opcode.name == "FRAME" and argument > bounded.left():
+                raise ValueError(
+                    f"a frame at byte {position} claims {argument} bytes, but only "
+                    f"{bounded.left()} are left"
+                )
+    except ValueError as error:
+        raise TorchFileError(f"{path}: not a readable pickle (truncated or corrupt?): {error}") from error
+    finally:
+        file.seek(start)
 
 
 def resolve(value, budget, memo=None):

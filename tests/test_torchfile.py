@@ -142,12 +142,40 @@ def test_corrupt_storage_entry_names_the_file(tmp_path, keep_bytes):
 
 
 def test_garbage_and_missing_files(tmp_path):
+    """Many seeded random files: each one is a TorchFileError naming it, never another error."""
     garbage = tmp_path / "garbage.pth"
-    garbage.write_bytes(os.urandom(64))
-    with pytest.raises(TorchFileError, match="garbage.pth"):
-        read_torch_file(garbage)
+    generator = np.random.default_rng(0)
+    for size in [1, 8, 64, 512] * 100:
+        garbage.write_bytes(generator.bytes(size))
+        with pytest.raises(TorchFileError, match="garbage.pth"):
+            read_torch_file(garbage)
     with pytest.raises(FileNotFoundError, match="nothing.pth"):
         read_torch_file(tmp_path / "nothing.pth")
+
+
+_HUGE = 2**40  # a terabyte: more than any test machine can allocate
+_CLAIMS = {  # a pickle opcode whose argument claims _HUGE bytes, then a few bytes of data
+    "BINBYTES8": b"\x8e" + _HUGE.to_bytes(8, "little"),
+    "BINUNICODE8": b"\x8d" + _HUGE.to_bytes(8, "little"),
+    "BYTEARRAY8": b"\x96" + _HUGE.to_bytes(8, "little"),
+    "FRAME": b"\x95" + _HUGE.to_bytes(8, "little"),
+    "LONG4": b"\x8b" + (2**31 - 1).to_bytes(4, "little"),
+    "BINUNICODE": b"X" + (2**32 - 1).to_bytes(4, "little"),
+}
+
+
+@pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
+@pytest.mark.parametrize("opcode", sorted(_CLAIMS))
+def test_a_pickle_that_claims_a_terabyte_is_refused_before_allocating(tmp_path, zipped, opcode):
+    """Nine bytes of pickle claim 1 TiB; CPython's unpickler would allocate it (MemoryError)."""
+    crafted = b"\x80\x05" + _CLAIMS[opcode] + b"abc."
+    path = tmp_path / "claims.pth"
+    if zipped:
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("claims/data.pkl", crafted)
+    else:
+        path.write_bytes(crafted)
+    assert _refused(path, r"not a readable pickle .*(bytes|data)") < 1_000_000
 
 
 def _peak_bytes(function, *args, **kwargs):
