@@ -274,7 +274,7 @@ class _Bounded:
 def check_lengths(file, path):
     """Check that every length in the pickle starting at ``file``'s position fits in the file.
 
-    Walks the opcodes up to STOP with :func:`pickletools.genops` (which reads, and
+    Walks the opcodes up to STOP with ``pickletools.genops`` (which reads, and
     so checks, every counted string, bytes and long) through a reader that stops at
     the end of the file, and checks each FRAME's length (which genops does not
     read) against what is left. Nothing is unpickled; the position is restored.
