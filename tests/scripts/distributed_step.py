@@ -24,25 +24,33 @@ tf.config.experimental.enable_op_determinism()
 from fomm_lessons.training import Trainer  # noqa: E402
 
 
-def one_step(config, strategy, out, initial, batch):
-    keras.utils.set_random_seed(0)  # the same random VGG19 in both runs
+def steps_from(config, strategy, out, initial, batches):
+    """One step from the same weights for each of ``batches``, all with one trace of the step.
+
+    Returns the weights before, the weights after each step, each step's losses, and the names.
+    """
+    keras.utils.set_random_seed(0)  # the same random VGG19 in every run
     trainer = Trainer(config, out, strategy=strategy, xla=False, mixed_precision="off", vgg_weights="random")
     trainer.load_weights(initial) if initial else None
     # Plain SGD with rate 1: the weight change is minus the gradient, so comparing weights compares
     # gradients. (Adam's first step is lr * sign(g), which turns float noise in a near-zero gradient
-    # into a full +-lr difference and says nothing about the distributed code path.)
+    # into a full +-lr difference and says nothing about the distributed code path.) SGD keeps no
+    # state but its step count, so setting the weights back starts each batch's step afresh.
     with strategy.scope():
         for name in trainer.optimizers:
             trainer.optimizers[name] = keras.optimizers.SGD(learning_rate=1.0)
             trainer.optimizers[name].build(getattr(trainer.models, name).trainable_variables)
     weights = trainer.get_weights()
-    dataset = tf.data.Dataset.from_tensors(batch)
     step = trainer._compiled_step()
-    losses = None
-    for item in strategy.experimental_distribute_dataset(dataset):
-        losses, _ = step(item)
+    afters, losses = [], []
+    for batch in batches:
+        trainer.load_weights(weights)
+        for item in strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch)):
+            values, _ = step(item)
+        afters.append(trainer.get_weights())
+        losses.append({k: float(v) for k, v in values.items()})
     names = [w.path if w.trainable else "stat:" + w.path for net in trainer._all_networks() for w in net.weights]
-    return weights, trainer.get_weights(), {k: float(v) for k, v in losses.items()}, names
+    return weights, afters, losses, names
 
 
 def main():
@@ -57,13 +65,13 @@ def main():
         "tps_theta": (np.eye(2, 3) + rng.normal(0, 0.05, (batch_size, 2, 3))).astype(np.float32),
         "tps_params": rng.normal(0, 0.005, (batch_size, points**2)).astype(np.float32),
     }
-    initial, single, single_losses, names = one_step(config, tf.distribute.get_strategy(), out + "/one", None, batch)
-    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    _, double, double_losses, _ = one_step(config, mirrored, out + "/two", initial, batch)
     # The noise floor: the same one-device step with the source frames changed by one part in a
     # million, about what a different order of float32 additions does to them.
     nudged = dict(batch, source=(batch["source"] * np.float32(1 + 1e-6)).astype(np.float32))
-    _, noisy, _, _ = one_step(config, tf.distribute.get_strategy(), out + "/noise", initial, nudged)
+    initial, (single, noisy), (single_losses, _), names = steps_from(
+        config, tf.distribute.get_strategy(), out + "/one", None, [batch, nudged])
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    _, (double,), (double_losses,), _ = steps_from(config, mirrored, out + "/two", initial, [batch])
 
     # With SGD at rate 1 a trainable variable's change is its gradient. Differences are measured
     # against the largest change in the same network (biases in front of a batch norm have zero

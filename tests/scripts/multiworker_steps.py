@@ -25,7 +25,9 @@ import tensorflow as tf  # noqa: E402
 from fomm_lessons.distribute import make_strategy  # noqa: E402
 
 
-def run(config, strategy, data, out, steps, nudge=1.0):
+def run(config, strategy, data, out, steps, nudges=(1.0,)):
+    """``steps`` steps from the same weights for each factor in ``nudges`` (the source frames
+    times it), with one trace of the step; the weights before, after each run, and the losses."""
     from fomm_lessons.data.loader import FramesDataset
     from fomm_lessons.training import Trainer
 
@@ -38,17 +40,21 @@ def run(config, strategy, data, out, steps, nudge=1.0):
     frames = FramesDataset.from_config(data, config["dataset_params"], "train")
     before = trainer.get_weights()
     step = trainer._compiled_step()
-    losses = []
-    for index, batch in enumerate(trainer.epoch_dataset(frames, 0)):
-        if index == steps:
-            break
-        if nudge != 1.0:
-            batch = dict(batch, source=batch["source"] * np.float32(nudge))
-        values, _ = step(batch)
-        losses.append({k: float(v) for k, v in values.items()})
+    afters, losses = [], []
+    for nudge in nudges:  # SGD keeps no state but its step count: setting the weights back starts afresh
+        trainer.load_weights(before)
+        losses.append([])
+        for index, batch in enumerate(trainer.epoch_dataset(frames, 0)):  # the same batches each time
+            if index == steps:
+                break
+            if nudge != 1.0:
+                batch = dict(batch, source=batch["source"] * np.float32(nudge))
+            values, _ = step(batch)
+            losses[-1].append({k: float(v) for k, v in values.items()})
+        afters.append(trainer.get_weights())
     names = [w.path if w.trainable else "stat:" + w.path for net in trainer._all_networks() for w in net.weights]
     trainer.close()
-    return before, trainer.get_weights(), losses, names
+    return before, afters, losses, names
 
 
 def save(path, before, after, losses, names):
@@ -61,10 +67,12 @@ def main():
     if mode == "worker":
         strategy = make_strategy("multi-worker")  # before any other TensorFlow work
         index = strategy.cluster_resolver.task_id
-        save(os.path.join(out, f"worker-{index}.npz"), *run(config, strategy, data, out + f"/w{index}", steps))
+        before, (after,), (losses,), names = run(config, strategy, data, out + f"/w{index}", steps)
+        save(os.path.join(out, f"worker-{index}.npz"), before, after, losses, names)
     else:
-        save(os.path.join(out, "one.npz"), *run(config, None, data, out + "/one", steps))
-        save(os.path.join(out, "noise.npz"), *run(config, None, data, out + "/noise", steps, nudge=1 + 1e-6))
+        before, afters, losses, names = run(config, None, data, out + "/one", steps, nudges=(1.0, 1 + 1e-6))
+        save(os.path.join(out, "one.npz"), before, afters[0], losses[0], names)
+        save(os.path.join(out, "noise.npz"), before, afters[1], losses[1], names)
     print(f"done {mode}", flush=True)
 
 
