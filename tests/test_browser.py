@@ -20,6 +20,7 @@ target, the `test` extra); without them, or without Jupyter Book, this test
 skips, except under CI, where it fails.
 """
 
+import asyncio
 import functools
 import http.server
 import json
@@ -37,6 +38,10 @@ CHROMIUM = os.environ.get("FOMM_CHROMIUM", "/usr/bin/chromium")
 OUT = Path(os.environ.get("FOMM_BROWSER_OUT", ROOT / "_build" / "browser"))
 WIDTH, HEIGHT = 1280, 900
 CODE_COLUMNS = 88  # the chapters' limit on code lines (tests/test_book.py checks the source)
+# Pages open this many at a time, each in a tab of its own: a page's time is mostly waiting (fonts,
+# MathJax's typesetting, the videos' first frames, the screenshot), which tabs do side by side.
+# Playwright turns Chromium's throttling of background tabs off, so every tab runs at full speed.
+TABS_AT_ONCE = 4
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-background-networking", "--disable-gpu",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
                  "--disable-dev-shm-usage"]
@@ -158,14 +163,14 @@ JUPYTER_BOOK = Path(sys.executable).parent / "jupyter-book"
 
 
 def _browser_or_skip():
-    """(sync_playwright, chromium path), or a skip (a failure under CI) saying what is missing."""
+    """(async_playwright, chromium path), or a skip (a failure under CI) saying what is missing."""
     missing = []
     if not JUPYTER_BOOK.exists() and not os.environ.get("FOMM_BOOK_HTML"):
         missing.append(f"Jupyter Book at {JUPYTER_BOOK} (the `book` extra)")
     try:
-        from playwright.sync_api import sync_playwright
+        from playwright.async_api import async_playwright
     except ImportError:
-        sync_playwright = None
+        async_playwright = None
         missing.append("Playwright for Python (the `test` extra)")
     if not Path(CHROMIUM).exists():
         missing.append(f"Chromium at {CHROMIUM} (Debian package chromium; `make browser` installs it)")
@@ -174,7 +179,7 @@ def _browser_or_skip():
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    return sync_playwright, CHROMIUM
+    return async_playwright, CHROMIUM
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +213,7 @@ def _pages(html):
                   if not p.relative_to(html).parts[0].startswith("_"))
 
 
-def _check_page(page, base, name, chapters, external, problems, out):
+async def _check_page(page, base, name, chapters, external, problems, out):
     own = urlsplit(base).netloc
     events = []
 
@@ -241,14 +246,14 @@ def _check_page(page, base, name, chapters, external, problems, out):
     page.on("response", on_response)
     page.on("console", on_console)
     page.on("pageerror", on_error)
-    page.goto(base + name, wait_until="load", timeout=180000)
-    report = page.evaluate(INSPECT)
+    await page.goto(base + name, wait_until="load", timeout=180000)
+    report = await page.evaluate(INSPECT)
     if report["solutions"]:
-        report["problems"] += page.evaluate(SOLUTIONS)
-    report.update(page.evaluate(CODE_WIDTH))
-    page.wait_for_timeout(300)  # let late console messages arrive
+        report["problems"] += await page.evaluate(SOLUTIONS)
+    report.update(await page.evaluate(CODE_WIDTH))
+    await page.wait_for_timeout(300)  # let late console messages arrive
     shot = out / (name.replace("/", "__").removesuffix(".html") + ".png")
-    page.screenshot(path=str(shot), full_page=True)
+    await page.screenshot(path=str(shot), full_page=True)
     found = events + report.pop("problems")
     if not report["title"].strip() or not report["h1"]:
         found.append(f"no title (document.title {report['title']!r}, h1 {report['h1']})")
@@ -300,41 +305,58 @@ def test_the_output_folder_of_other_files_is_refused(tmp_path):
 
 
 def test_every_page_renders_offline_in_chromium(site, capsys):
-    sync_playwright, chromium = _browser_or_skip()
+    async_playwright, chromium = _browser_or_skip()
     base, html = site
     _clear_own_output(OUT)
     chapters = {p.relative_to(ROOT).with_suffix(".html").as_posix() for p in toc_notebooks()}
     pages = [name for name in _pages(html) if name != "index.html"]
     assert chapters <= set(pages), f"chapters missing from the build: {chapters - set(pages)}"
-    problems, external, reports = [], {}, {}
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
-            page.goto(base + "index.html", wait_until="commit")  # a redirect to the landing page
-            page.wait_for_url("**/book/intro.html", wait_until="load", timeout=180000)
-            page.close()
-            for name in pages:  # a fresh tab for each page: nothing of one page spills into the next
-                page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
-                reports[name] = _check_page(page, base, name, chapters, external, problems, OUT)
-                page.close()
-            page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
-            page.goto(base + "search.html?q=Jacobian", wait_until="load", timeout=180000)
+    external, reports = {}, {}
+    found = {name: [] for name in [*pages, "search"]}  # each page's problems, reported in this order
+
+    async def check(browser, tabs, name):
+        async with tabs:  # a fresh tab for each page: nothing of one page spills into the next
+            page = await browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
             try:
-                page.wait_for_selector("#search-results ul.search li", timeout=120000)
-                hits = page.eval_on_selector_all("#search-results ul.search li a", "a => a.map(x => x.href)")
-            except Exception as error:  # noqa: BLE001 (reported with the page's name)
-                hits = []
-                problems.append(f"search.html?q=Jacobian: no results ({type(error).__name__})")
-            if hits and not any("02_taylor_series" in hit for hit in hits):
-                problems.append(f"search.html?q=Jacobian: the Taylor-series chapter is not among {hits}")
-            page.wait_for_timeout(1000)  # the results' maths is typeset after they appear
-            found = page.evaluate(INSPECT)
-            if found["raw_tex"]:
-                problems.append(f"search.html?q=Jacobian: raw TeX in the results: {found['raw_tex'][:3]}")
-            page.screenshot(path=str(OUT / "search-Jacobian.png"), full_page=True)
-        finally:
-            browser.close()
+                reports[name] = await _check_page(page, base, name, chapters, external, found[name], OUT)
+            finally:
+                await page.close()
+
+    async def search(browser):
+        problems = found["search"]
+        page = await browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
+        await page.goto(base + "search.html?q=Jacobian", wait_until="load", timeout=180000)
+        try:
+            await page.wait_for_selector("#search-results ul.search li", timeout=120000)
+            hits = await page.eval_on_selector_all("#search-results ul.search li a", "a => a.map(x => x.href)")
+        except Exception as error:  # noqa: BLE001 (reported with the page's name)
+            hits = []
+            problems.append(f"search.html?q=Jacobian: no results ({type(error).__name__})")
+        if hits and not any("02_taylor_series" in hit for hit in hits):
+            problems.append(f"search.html?q=Jacobian: the Taylor-series chapter is not among {hits}")
+        await page.wait_for_timeout(1000)  # the results' maths is typeset after they appear
+        inspected = await page.evaluate(INSPECT)
+        if inspected["raw_tex"]:
+            problems.append(f"search.html?q=Jacobian: raw TeX in the results: {inspected['raw_tex'][:3]}")
+        await page.screenshot(path=str(OUT / "search-Jacobian.png"), full_page=True)
+        await page.close()
+
+    async def run():
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
+                await page.goto(base + "index.html", wait_until="commit")  # a redirect to the landing page
+                await page.wait_for_url("**/book/intro.html", wait_until="load", timeout=180000)
+                await page.close()
+                tabs = asyncio.Semaphore(TABS_AT_ONCE)
+                await asyncio.gather(*(check(browser, tabs, name) for name in pages), search(browser))
+            finally:
+                await browser.close()
+
+    asyncio.run(run())
+    problems = [problem for name in found for problem in found[name]]
+    reports = {name: reports[name] for name in pages}
     narrowest = min((r for r in reports.values() if "columns" in r), key=lambda r: r["columns"])
     if narrowest["columns"] < CODE_COLUMNS:
         problems.append(f"a code cell holds {narrowest['columns']} characters at {WIDTH} px, fewer "
