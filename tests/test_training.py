@@ -1,5 +1,6 @@
 """The trainer: exact resume, checkpoints on signals, NaN stops, schedule, logs, two replicas."""
 
+import contextlib
 import copy
 import csv
 import json
@@ -7,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import keras
@@ -69,6 +71,30 @@ def deterministic():
     keras.utils.set_random_seed(0)
 
 
+@contextlib.contextmanager
+def untraced():
+    """Inside it, the step runs op by op, untraced (``tf.config.run_functions_eagerly``).
+
+    For the tests of what happens between steps (signals, refusals, skipped checkpoints, what a
+    probe puts back), which take a few steps each: a step then costs ~4 s here instead of ~20 s
+    of tracing first. The traced step itself is what the other tests of the step run.
+    """
+    tf.config.run_functions_eagerly(True)
+    try:
+        with warnings.catch_warnings():  # tf.data's functions stay traced, as they should
+            warnings.filterwarnings("ignore", "Even though the `tf.config.experimental_run_functions_eagerly`")
+            yield
+    finally:
+        tf.config.run_functions_eagerly(False)
+
+
+@pytest.fixture
+def eager_step():
+    """:func:`untraced` for the whole test."""
+    with untraced():
+        yield
+
+
 def _trainer(out, config=TINY, **kwargs):
     keras.utils.set_random_seed(0)  # the same initial weights (and random VGG) in every run
     kwargs.setdefault("vgg_weights", "random")
@@ -110,7 +136,7 @@ def test_resume_continues_exactly(frames, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:Vgg19Features uses RANDOM weights")
-def test_sigterm_saves_a_checkpoint_and_stops(frames, tmp_path):
+def test_sigterm_saves_a_checkpoint_and_stops(frames, tmp_path, eager_step):
     trainer = _trainer(tmp_path / "run", PLAIN, checkpoint_every=100)
     before = signal.getsignal(signal.SIGTERM)
     trainer.fit(frames, steps=6, progress=False,
@@ -179,7 +205,7 @@ def test_two_replicas_equal_one_device_with_the_same_global_batch(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:Vgg19Features uses RANDOM weights")
-def test_train_command_runs_resumes_and_refuses_to_overwrite(frames, tmp_path, capsys):
+def test_train_command_runs_resumes_and_refuses_to_overwrite(frames, tmp_path, capsys, eager_step):
     import yaml
 
     from fomm_lessons import cli
@@ -272,7 +298,7 @@ def test_a_second_train_into_the_same_folder_ends_at_once(frames, tmp_path, caps
 
 
 @pytest.mark.filterwarnings("ignore:Vgg19Features uses RANDOM weights")
-def test_sigint_saves_says_how_to_resume_and_exits_130(frames, tmp_path, capsys):
+def test_sigint_saves_says_how_to_resume_and_exits_130(frames, tmp_path, capsys, eager_step):
     import threading
     import time
 
