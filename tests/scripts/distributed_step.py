@@ -22,6 +22,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 tf.config.experimental.enable_op_determinism()
 
 from fomm_lessons.training import Trainer  # noqa: E402
+from sgd_steps import use_sgd, weight_names  # noqa: E402
 
 
 def steps_from(config, strategy, out, initial, batches):
@@ -32,14 +33,7 @@ def steps_from(config, strategy, out, initial, batches):
     keras.utils.set_random_seed(0)  # the same random VGG19 in every run
     trainer = Trainer(config, out, strategy=strategy, xla=False, mixed_precision="off", vgg_weights="random")
     trainer.load_weights(initial) if initial else None
-    # Plain SGD with rate 1: the weight change is minus the gradient, so comparing weights compares
-    # gradients. (Adam's first step is lr * sign(g), which turns float noise in a near-zero gradient
-    # into a full +-lr difference and says nothing about the distributed code path.) SGD keeps no
-    # state but its step count, so setting the weights back starts each batch's step afresh.
-    with strategy.scope():
-        for name in trainer.optimizers:
-            trainer.optimizers[name] = keras.optimizers.SGD(learning_rate=1.0)
-            trainer.optimizers[name].build(getattr(trainer.models, name).trainable_variables)
+    use_sgd(trainer)  # a weight's change is its gradient
     weights = trainer.get_weights()
     step = trainer._compiled_step()
     afters, losses = [], []
@@ -49,8 +43,7 @@ def steps_from(config, strategy, out, initial, batches):
             values, _ = step(item)
         afters.append(trainer.get_weights())
         losses.append({k: float(v) for k, v in values.items()})
-    names = [w.path if w.trainable else "stat:" + w.path for net in trainer._all_networks() for w in net.weights]
-    return weights, afters, losses, names
+    return weights, afters, losses, weight_names(trainer)
 
 
 def main():

@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from fomm_lessons.distribute import make_strategy  # noqa: E402
+from sgd_steps import use_sgd, weight_names  # noqa: E402
 
 
 def run(config, strategy, data, out, steps, nudges=(1.0,)):
@@ -33,10 +34,7 @@ def run(config, strategy, data, out, steps, nudges=(1.0,)):
 
     keras.utils.set_random_seed(0)
     trainer = Trainer(config, out, strategy=strategy, xla=False, mixed_precision="off", vgg_weights="random")
-    with trainer.strategy.scope():
-        for name in trainer.optimizers:
-            trainer.optimizers[name] = keras.optimizers.SGD(learning_rate=1.0)
-            trainer.optimizers[name].build(getattr(trainer.models, name).trainable_variables)
+    use_sgd(trainer)
     frames = FramesDataset.from_config(data, config["dataset_params"], "train")
     before = trainer.get_weights()
     step = trainer._compiled_step()
@@ -52,7 +50,7 @@ def run(config, strategy, data, out, steps, nudges=(1.0,)):
             values, _ = step(batch)
             losses[-1].append({k: float(v) for k, v in values.items()})
         afters.append(trainer.get_weights())
-    names = [w.path if w.trainable else "stat:" + w.path for net in trainer._all_networks() for w in net.weights]
+    names = weight_names(trainer)
     trainer.close()
     return before, afters, losses, names
 
