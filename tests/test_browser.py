@@ -112,6 +112,17 @@ INSPECT = """async () => {
   return report;
 }"""
 
+# The search is over, each result's quoted summary has arrived (a result with a description
+# gets none), and _static/search-math.js has typeset all of it (data-fomm-math="done").
+SEARCH_SETTLED = """() => {
+  const results = document.getElementById("search-results");
+  const items = Array.from(document.querySelectorAll("#search-results ul.search li"));
+  const status = document.querySelector("#search-results p.search-summary");
+  return status !== null && status.innerText.startsWith("Search finished")
+         && items.every((li) => li.querySelector(":scope > span, :scope > p.context"))
+         && results.dataset.fommMath === "done";
+}"""
+
 # Code cells, solutions opened: none may scroll sideways; the narrowest column is measured.
 CODE_WIDTH = """() => {
   document.querySelectorAll("details.hide").forEach((details) => { details.open = true; });
@@ -334,7 +345,10 @@ def test_every_page_renders_offline_in_chromium(site, capsys):
             problems.append(f"search.html?q=Jacobian: no results ({type(error).__name__})")
         if hits and not any("02_taylor_series" in hit for hit in hits):
             problems.append(f"search.html?q=Jacobian: the Taylor-series chapter is not among {hits}")
-        await page.wait_for_timeout(1000)  # the results' maths is typeset after they appear
+        try:  # the summaries are fetched one by one after the list; then their maths is typeset
+            await page.wait_for_function(SEARCH_SETTLED, timeout=120000)
+        except Exception as error:  # noqa: BLE001 (reported with the page's name)
+            problems.append(f"search.html?q=Jacobian: the results did not settle ({type(error).__name__})")
         inspected = await page.evaluate(INSPECT)
         if inspected["raw_tex"]:
             problems.append(f"search.html?q=Jacobian: raw TeX in the results: {inspected['raw_tex'][:3]}")
