@@ -11,9 +11,6 @@
 # Downloads are shared through uv's cache (~/.cache/uv): a second run installs from disk.
 # Neither installs the `oracle` extra: PyPI's torch for Linux is a CUDA build of several GB.
 
-ENVS := .envs
-UV_VERSION := 0.13.9
-UV := $(ENVS)/uv/bin/uv
 LOWEST_PYTHON ?= 3.10
 COLAB_PYTHON ?= 3.12
 # The unit tests that exercise the networks, batch norm, training, frame reading and packaging,
@@ -46,10 +43,6 @@ endef
 
 envs-installed: $(if $(call python_for,$(LOWEST_PYTHON)),$(ENVS)/lowest/.installed) \
 	$(if $(call python_for,$(COLAB_PYTHON)),$(ENVS)/colab/.installed)
-
-$(UV):
-	$(PYTHON) -m venv $(ENVS)/uv
-	$(ENVS)/uv/bin/python -m pip install --quiet "uv==$(UV_VERSION)"
 
 # The lowest versions are resolved again whenever pyproject.toml changes.
 $(ENVS)/lowest/.installed: pyproject.toml | $(UV)

@@ -5,6 +5,7 @@ import copy
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -109,15 +110,26 @@ def test_learning_rate_schedule_is_multistep():
 
 @pytest.mark.filterwarnings("ignore:Vgg19Features uses RANDOM weights")
 def test_resume_continues_exactly(frames, tmp_path):
-    straight = _trainer(tmp_path / "straight", checkpoint_every=100)
+    # One run of 4 steps checkpoints at step 3, in the middle of epoch 1 (2 steps an epoch). A second
+    # trainer gets only that checkpoint, as a crash between steps 3 and 4 would leave it, and trains
+    # step 4: it must end where the run that went on ended. (Two traced trainers, not three.)
+    straight = _trainer(tmp_path / "straight", checkpoint_every=3)
     straight.fit(frames, steps=4, progress=False)
-    assert int(straight.step.numpy()) == 4 and int(straight.epoch.numpy()) == 2  # 2 steps an epoch
+    assert int(straight.step.numpy()) == 4 and int(straight.epoch.numpy()) == 2
+    written = tmp_path / "straight" / "checkpoints"
+    assert sorted(p.name for p in written.glob("ckpt-*.index")) == ["ckpt-2.index", "ckpt-3.index",
+                                                                     "ckpt-4.index"]
 
-    first = _trainer(tmp_path / "split", checkpoint_every=100)
-    first.fit(frames, steps=3, progress=False)
+    left = tmp_path / "split" / "checkpoints"
+    left.mkdir(parents=True)
+    for path in written.glob("ckpt-3.*"):
+        shutil.copy(path, left)
+    tf.compat.v1.train.update_checkpoint_state(  # the list CheckpointManager reads: path and time
+        str(left), str(left / "ckpt-3"), all_model_checkpoint_paths=[str(left / "ckpt-3")],
+        all_model_checkpoint_timestamps=[os.path.getmtime(left / "ckpt-3.index")])
     resumed = _trainer(tmp_path / "split", checkpoint_every=100)
-    assert resumed.restore()
-    assert int(resumed.step.numpy()) == 3
+    assert resumed.restore() == str(left / "ckpt-3")
+    assert (int(resumed.step.numpy()), int(resumed.epoch.numpy())) == (3, 1)
     resumed.fit(frames, steps=4, progress=False)
     for a, b in zip(straight.get_weights(), resumed.get_weights()):
         np.testing.assert_array_equal(a, b)
