@@ -421,8 +421,6 @@ exit $status
 @pytest.mark.filterwarnings("ignore:Vgg19Features uses RANDOM weights")
 def test_a_full_disk_ends_in_one_line_and_keeps_the_last_checkpoint(frames, tmp_path):
     """A real full disk: a 64 MB tmpfs in a mount namespace of this test's own, filled up after the first checkpoint."""
-    import shutil
-
     import yaml
 
     mount = tmp_path / "disk"
