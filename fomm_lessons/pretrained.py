@@ -32,14 +32,17 @@ Two kinds of weights:
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
-from fomm_lessons.download import DownloadError, Source, check_copy, fetch_file, file_digest, move_aside
+from fomm_lessons.download import (DownloadError, Source, check_copy, check_file, fetch_file, file_digest,
+                                   move_aside)
 from fomm_lessons.registry import Entry, lookup, names, register, unregister
 
 __all__ = ["Entry", "Source", "DownloadError", "names", "info", "load", "fetch", "resolve",
-           "register", "unregister", "cache_dir", "update_digests", "verify_shipped"]
+           "register", "unregister", "cache_dir", "update_digests", "verify_shipped",
+           "torchvision_vgg19", "vgg19_weights"]
 
 CACHE_ENV = "FOMM_LESSONS_CACHE"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -48,6 +51,10 @@ CONVERTED_MARKER = "converted.json"  # written last in NAME/keras/: the conversi
 UPDATE_HINT = "python -m fomm_lessons.pretrained --update-digests {name}"
 # A torch.save file starts as a zip (torch >= 1.6) or as a protocol-2 pickle (the legacy layout).
 _TORCH_MAGIC = (b"PK\x03\x04", b"\x80\x02")
+# torchvision's ImageNet VGG19, which the original's perceptual loss uses (modules/model.py, Vgg19:
+# models.vgg19(pretrained=True)); torch.hub names a file by the first hex digits of its sha256.
+TORCHVISION_VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
+VGG19_FOLDER = "vgg19"  # in the cache
 
 
 # ---------------------------------------------------------------------------
@@ -260,6 +267,67 @@ def converted_folder(name, checkpoint=None, progress=True):
     _write_json(marker, {"name": entry.name, "config": entry.config, "from": str(path), "check": check,
                          "size": digests["size"], "sha256": digests["sha256"], "md5": digests["md5"]})
     return folder
+
+
+# ---------------------------------------------------------------------------
+# the perceptual loss's VGG19
+# ---------------------------------------------------------------------------
+
+def torchvision_vgg19(progress=True):
+    """Path of torchvision's VGG19 convolutions in Keras' layout (an ``.npz`` in the cache), made once.
+
+    Read from the torch hub cache when torchvision put the file there, else
+    downloaded from :data:`TORCHVISION_VGG19_URL` into ``CACHE/vgg19/``; either
+    way its sha256 must start with the hex digits of its name. Raises
+    :class:`DownloadError` (one line, naming the URL) when it cannot be had.
+    """
+    from fomm_lessons.perceptual import find_torchvision_vgg19, keras_weights_from_torch, save_keras_layout
+    from fomm_lessons.torchfile import read_torch_file
+
+    filename = TORCHVISION_VGG19_URL.rsplit("/", 1)[-1]  # vgg19-dcbb9e9d.pth
+    prefix = re.fullmatch(r"[\w.]+-([0-9a-f]{8,64})\.pth", filename)
+    if prefix is None:
+        raise ValueError(f"{TORCHVISION_VGG19_URL}: expected a file named NAME-SHA256PREFIX.pth, as torch.hub names them")
+    folder = cache_dir() / VGG19_FOLDER
+    converted = folder / f"{filename[:-len('.pth')]}.keras.npz"
+    if converted.is_file():
+        return converted
+    hub = find_torchvision_vgg19()
+    if hub is not None and os.path.basename(hub) == filename:
+        problem, sha256 = check_file(hub, sha256=prefix.group(1), magic=_TORCH_MAGIC)
+        if problem is not None:
+            raise ValueError(f"{hub} (the torch hub cache) is not torchvision's {filename}: {problem}")
+        path = Path(hub)
+    else:
+        path = folder / filename
+        sha256 = fetch_file(path, (Source(TORCHVISION_VGG19_URL, publisher="torchvision"),), sha256=prefix.group(1),
+                            magic=_TORCH_MAGIC, progress=progress, label=f"torchvision's VGG19 ({filename})")
+    print(f"fomm-lessons: converting {path} to Keras' layout in {converted} (once)", file=sys.stderr)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = keras_weights_from_torch(read_torch_file(path))
+    return save_keras_layout(weights, converted, f"torchvision's ImageNet VGG19 ({filename}, sha256 {sha256})")
+
+
+def vgg19_weights(choice="auto", progress=True):
+    """What ``--vgg CHOICE`` hands :class:`~fomm_lessons.perceptual.Vgg19Features`: torchvision's by path.
+
+    ``torchvision`` and ``auto`` become the path of :func:`torchvision_vgg19`
+    (``auto`` takes ``$FOMM_LESSONS_VGG19`` first); a failed download is one
+    line that names the other choices, never a silent fallback. ``imagenet``
+    (Keras' Caffe-trained VGG19), ``random`` and a file path pass unchanged.
+    """
+    from fomm_lessons.perceptual import WEIGHTS_ENV
+
+    if choice == "auto" and os.environ.get(WEIGHTS_ENV):
+        return os.environ[WEIGHTS_ENV]
+    if choice not in ("auto", "torchvision"):
+        return choice
+    try:
+        return str(torchvision_vgg19(progress))
+    except DownloadError as error:
+        raise DownloadError(f"--vgg {choice}: {error} The original's perceptual loss uses these weights; "
+                            "pass --vgg imagenet for Keras' Caffe-trained VGG19 (other feature values), a weights "
+                            "file, or --vgg random (a meaningless perceptual loss, for tests)") from None
 
 
 # ---------------------------------------------------------------------------

@@ -520,3 +520,103 @@ def test_checkpoint_names_and_paths_errors_are_one_line(tmp_path, capsys):
     _assert_one_line_error(status, err, "reconstruct", "'vox-257'", "vox-256")
     status, _, err = _run_cli(base + [tmp_path], capsys)
     _assert_one_line_error(status, err, "reconstruct", "needs its config (--config)")
+
+
+# ---------------------------------------------------------------------------
+# torchvision's VGG19 for the perceptual loss
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def vgg19_file(tmp_path_factory):
+    """torchvision's vgg19 state dict as torch writes it (random values, the real names and shapes):
+
+    the 13 convolutions the features use at full size, one unused convolution and
+    a small classifier as the real file has them; ~80 MB instead of 548 MB.
+    """
+    torch = pytest.importorskip("torch", reason=TORCH_REASON)
+    from test_perceptual import _torchvision_like_state
+
+    state = _torchvision_like_state(seed=4)
+    full = {key: torch.from_numpy(value) for key, value in state.items()}
+    full["features.34.weight"] = torch.zeros(512, 512, 3, 3)  # block5_conv4, unused
+    full["classifier.6.bias"] = torch.zeros(1000)
+    path = tmp_path_factory.mktemp("vgg19") / "vgg19.pth"
+    torch.save(full, path)
+    return state, path.read_bytes()
+
+
+@pytest.fixture
+def vgg19_server(vgg19_file, cache, monkeypatch, tmp_path):
+    """The file served at /models/vgg19-PREFIX.pth (its sha256's first 8 hex digits), and the URL patched."""
+    from fomm_lessons import perceptual
+
+    state, blob = vgg19_file
+    name = f"vgg19-{_sha256(blob)[:8]}.pth"
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-torch-hub"))  # nothing in the torch hub cache
+    monkeypatch.delenv(perceptual.WEIGHTS_ENV, raising=False)
+    with FileServer({f"/models/{name}": blob, "/models/vgg19-00000000.pth": blob}) as server:
+        monkeypatch.setattr(pretrained, "TORCHVISION_VGG19_URL", server.url(f"/models/{name}"))
+        yield server, name
+
+
+def test_torchvision_vgg19_is_downloaded_checked_by_its_name_and_converted_once(vgg19_file, vgg19_server, cache,
+                                                                                 monkeypatch, capsys):
+    import torch
+
+    from fomm_lessons.perceptual import Vgg19Features
+    from test_perceptual import _assert_features_equal, _images, _torch_features
+
+    state, blob = vgg19_file
+    server, name = vgg19_server
+    path = pretrained.vgg19_weights("torchvision", progress=False)
+    assert path == str(cache / "vgg19" / name.replace(".pth", ".keras.npz"))
+    assert "converting" in capsys.readouterr().err and (cache / "vgg19" / name).read_bytes() == blob
+    assert 0.1 < os.path.getsize(path) / len(blob) <= 1  # the 13 convolutions only
+    model = Vgg19Features(weights=path)
+    assert model.preprocessing == "torch"
+    assert model.weights_source.startswith(f"torchvision's ImageNet VGG19 ({name}, sha256 {_sha256(blob)})")
+    images = _images(size=32)
+    _assert_features_equal(model(images), _torch_features(torch, state, images))
+    requests = len(server.requests)
+    assert pretrained.vgg19_weights("auto", progress=False) == path and len(server.requests) == requests
+    assert "converting" not in capsys.readouterr().err
+    assert pretrained.vgg19_weights("random") == "random" and pretrained.vgg19_weights("imagenet") == "imagenet"
+    # A file whose sha256 does not start as its name says is refused and set aside.
+    monkeypatch.setattr(pretrained, "TORCHVISION_VGG19_URL", server.url("/models/vgg19-00000000.pth"))
+    with pytest.raises(download.DownloadError) as refused:
+        pretrained.vgg19_weights("torchvision", progress=False)
+    message = str(refused.value)
+    assert message.startswith("--vgg torchvision: could not fetch torchvision's VGG19 (vgg19-00000000.pth)")
+    assert f"sha256 {_sha256(blob)}, expected 00000000..." in message and "--vgg random" in message
+    assert (cache / "vgg19" / "vgg19-00000000.pth.rejected-1").read_bytes() == blob
+    assert not (cache / "vgg19" / "vgg19-00000000.keras.npz").exists()
+
+
+def test_train_says_which_vgg19_it_uses_and_a_failed_download_stops_it_in_one_line(
+        vgg19_server, tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from fomm_lessons.data.sample import make_sample_dataset
+    from fomm_lessons.training import Trainer
+    from test_training import PLAIN
+
+    server, name = vgg19_server
+    data = tmp_path / "data"
+    make_sample_dataset(data, size=64, seed=0)
+    config = tmp_path / "plain.yaml"
+    config.write_text(yaml.safe_dump({**PLAIN, "dataset_params": {**PLAIN["dataset_params"], "root_dir": str(data)}}))
+    monkeypatch.setattr(Trainer, "fit", lambda self, frames, steps=None: None)  # what is logged before a step
+    base = ["train", "--config", config, "--data", data, "--steps", "1"]
+    offline = _closed_port_url(f"/models/{name}")
+    with monkeypatch.context() as patch:
+        patch.setattr(pretrained, "TORCHVISION_VGG19_URL", offline)
+        for choice in (["--vgg", "torchvision"], []):  # [] is --vgg auto
+            status, _, err = _run_cli(base + ["--out", tmp_path / "offline", *choice], capsys)
+            _assert_one_line_error(status, err, "train", f"--vgg {choice[1] if choice else 'auto'}: ", offline,
+                                   "Connection refused", "--vgg imagenet", "--vgg random")
+            assert not (tmp_path / "offline").exists()  # stopped before the run folder was made
+    status, out, err = _run_cli(base + ["--out", tmp_path / "run", "--vgg", "torchvision"], capsys)
+    assert status == 0, err
+    used = f"torchvision's ImageNet VGG19 ({name}, sha256 "
+    assert f"VGG19 weights for the perceptual loss: {used}" in out
+    assert f"VGG19 weights {used}" in (tmp_path / "run" / "train.log").read_text()
