@@ -22,9 +22,10 @@ PYTEST_WORKERS ?= auto
 # file spread over the workers); loadfile keeps a notebook's cells in order on one worker.
 XDIST = $(if $(filter 1,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist worksteal)
 XDIST_NOTEBOOKS = $(if $(filter 1,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
-# nbval waits 2000 s for a cell by default, also for a kernel that has died (a crash in TensorFlow):
-# the slowest cell of the chapters takes about 70 s here (chapter 1's set-up, chapter 10's training),
-# so a cell gets 600 s, and a dead kernel fails its cell then and the notebook's later cells at once.
+# nbval waits 2000 s for a cell by default, also for a kernel that has died (a crash in TensorFlow).
+# The slowest cells of the chapters (chapter 1's set-up, chapter 10's thirty training steps) took
+# 63-72 s on 2 cores, 185 s with nine processes sharing them; a cell gets 600 s, and a dead
+# kernel fails its cell then and the notebook's later cells at once.
 NBVAL_CELL_TIMEOUT ?= 600
 NBVAL_TIMED = --nbval --nbval-cell-timeout=$(NBVAL_CELL_TIMEOUT)
 NBVAL = $(NBVAL_TIMED) --nbval-sanitize-with $(CURDIR)/book/nbval-sanitize.cfg
