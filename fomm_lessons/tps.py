@@ -23,11 +23,13 @@ def _normal(shape, stddev, seed):
 
 
 # The products of small matrices below are written as elementwise products
-# summed over an axis, not as tf.matmul / tf.linalg.matvec: oneDNN's AVX-512
-# batched matmul, with one operand broadcast over a large batch (20000
-# transforms applied to one point), aborts the process on Intel CPUs that
-# have it. The sums are as fast here (TF on CPU, at N = 20000 and at
-# training sizes) and give the same numbers.
+# summed over an axis, not as tf.matmul / tf.linalg.matvec (the original's
+# torch.matmul in Transform.warp_coordinates and create_sparse_motions):
+# oneDNN's AVX-512 batched matmul, with one operand broadcast over a large
+# batch (20000 transforms applied to one point), aborts the process on the
+# Intel CPUs that have it. The sums give the same numbers and, on CPU, take
+# as long or less at N = 20000 and inside compiled training steps (an eager
+# call on a few 2x2 matrices costs about 1 ms more: more ops).
 
 
 def batched_matvec(matrices, vectors):
