@@ -22,7 +22,13 @@ PYTEST_WORKERS ?= auto
 # file spread over the workers); loadfile keeps a notebook's cells in order on one worker.
 XDIST = $(if $(filter 1,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist worksteal)
 XDIST_NOTEBOOKS = $(if $(filter 1,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
-NBVAL = --nbval --nbval-sanitize-with $(CURDIR)/book/nbval-sanitize.cfg
+# nbval waits 2000 s for a cell by default, also for a kernel that has died (a crash in TensorFlow).
+# The slowest cells of the chapters (chapter 1's set-up, chapter 10's thirty training steps) took
+# 63-72 s on 2 cores, 185 s with nine processes sharing them; a cell gets 600 s, and a dead
+# kernel fails its cell then and the notebook's later cells at once.
+NBVAL_CELL_TIMEOUT ?= 600
+NBVAL_TIMED = --nbval --nbval-cell-timeout=$(NBVAL_CELL_TIMEOUT)
+NBVAL = $(NBVAL_TIMED) --nbval-sanitize-with $(CURDIR)/book/nbval-sanitize.cfg
 # Every environment is installed by uv (in a small venv of its own, .envs/uv/): .venv/ took 137 s
 # with pip here, 70 s with uv and an empty cache, 12 s with uv's cache warm (~/.cache/uv, shared
 # with the other environments). Each venv still has pip, for a user's own installs.

@@ -98,7 +98,7 @@ else
 	cp book/nbval-sanitize.cfg "$$alone/"; \
 	echo "test-colab: the chapters, each alone in $$alone/NAME/"; \
 	cd "$$alone" && env -u PYTHONPATH $(COLAB_BIN)/pytest -p no:cacheprovider --rootdir="$$alone" \
-		$(XDIST_NOTEBOOKS) --nbval --nbval-sanitize-with nbval-sanitize.cfg --nbval-current-env \
+		$(XDIST_NOTEBOOKS) $(NBVAL_TIMED) --nbval-sanitize-with nbval-sanitize.cfg --nbval-current-env \
 		*/*.ipynb $(PYTEST_ARGS)
 endif
 

@@ -53,6 +53,8 @@ def normalize_kp(kp_source, kp_driving, kp_driving_initial, adapt_movement_scale
     """
     import tensorflow as tf
 
+    from fomm_lessons.tps import batched_matmul
+
     kp_new = dict(kp_driving)
     if not use_relative_movement:
         return kp_new
@@ -64,8 +66,8 @@ def normalize_kp(kp_source, kp_driving, kp_driving_initial, adapt_movement_scale
     value = tf.convert_to_tensor(kp_driving["value"])
     kp_new["value"] = (value - kp_driving_initial["value"]) * tf.cast(scale, value.dtype) + kp_source["value"]
     if use_relative_jacobian and "jacobian" in kp_driving:
-        jacobian_diff = tf.matmul(kp_driving["jacobian"], tf.linalg.inv(kp_driving_initial["jacobian"]))
-        kp_new["jacobian"] = tf.matmul(jacobian_diff, kp_source["jacobian"])  # (B, K, 2, 2)
+        jacobian_diff = batched_matmul(kp_driving["jacobian"], tf.linalg.inv(kp_driving_initial["jacobian"]))
+        kp_new["jacobian"] = batched_matmul(jacobian_diff, kp_source["jacobian"])  # (B, K, 2, 2)
     return kp_new
 
 

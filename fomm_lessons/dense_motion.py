@@ -6,6 +6,7 @@ import tensorflow as tf
 from fomm_lessons.blocks import Hourglass, conv2d
 from fomm_lessons.pyramid import AntiAliasDownsample
 from fomm_lessons.sampling import grid_sample, keypoints_to_gaussian, make_coordinate_grid
+from fomm_lessons.tps import batched_matmul
 
 MIN_ABS_DETERMINANT = 1e-4
 
@@ -78,7 +79,7 @@ class DenseMotionNetwork(keras.layers.Layer):
         identity = make_coordinate_grid(height, width, kp_source["value"].dtype)[None, None]  # (1, 1, h, w, 2)
         offsets = identity - kp_driving["value"][:, :, None, None, :]  # (B, K, h, w, 2)
         if "jacobian" in kp_driving and "jacobian" in kp_source:
-            jacobian = tf.matmul(kp_source["jacobian"], invert_jacobians(kp_driving["jacobian"]))  # (B, K, 2, 2)
+            jacobian = batched_matmul(kp_source["jacobian"], invert_jacobians(kp_driving["jacobian"]))  # (B, K, 2, 2)
             offsets = tf.einsum("bkij,bkhwj->bkhwi", jacobian, offsets)
         driving_to_source = offsets + kp_source["value"][:, :, None, None, :]  # (B, K, h, w, 2)
         background = tf.tile(identity, [tf.shape(driving_to_source)[0], 1, 1, 1, 1])

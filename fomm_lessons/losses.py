@@ -9,7 +9,7 @@ the GAN, so its discriminator never runs in the generator step).
 import tensorflow as tf
 
 from fomm_lessons.dense_motion import invert_jacobians
-from fomm_lessons.tps import ThinPlateSplineTransform
+from fomm_lessons.tps import ThinPlateSplineTransform, batched_matmul
 
 
 def _weights_list(weights):
@@ -77,8 +77,8 @@ def equivariance_jacobian_loss(kp_driving, kp_transformed, transform, weight):
     :func:`fomm_lessons.dense_motion.invert_jacobians`) so that a near-singular
     prediction early in training gives a large, finite loss instead of NaN.
     """
-    jacobian_transformed = tf.matmul(transform.jacobian(kp_transformed["value"]), kp_transformed["jacobian"])
-    value = tf.matmul(invert_jacobians(kp_driving["jacobian"]), jacobian_transformed)  # (B, K, 2, 2)
+    jacobian_transformed = batched_matmul(transform.jacobian(kp_transformed["value"]), kp_transformed["jacobian"])
+    value = batched_matmul(invert_jacobians(kp_driving["jacobian"]), jacobian_transformed)  # (B, K, 2, 2)
     return weight * tf.reduce_mean(tf.abs(tf.eye(2, dtype=value.dtype) - value))
 
 

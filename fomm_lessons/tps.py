@@ -22,6 +22,28 @@ def _normal(shape, stddev, seed):
     return tf.random.stateless_normal(shape, seed=seed, stddev=stddev)
 
 
+# The products of small matrices below are written as elementwise products
+# summed over an axis, not as tf.matmul / tf.linalg.matvec (the original's
+# torch.matmul in Transform.warp_coordinates and create_sparse_motions):
+# oneDNN's AVX-512 batched matmul, with one operand broadcast over a large
+# batch (20000 transforms applied to one point), aborts the process on the
+# Intel CPUs that have it. The sums give the same numbers and, on CPU, take
+# as long or less at N = 20000 and inside compiled training steps (an eager
+# call on a few 2x2 matrices costs about 1 ms more: more ops).
+
+
+def batched_matvec(matrices, vectors):
+    """``matrices @ vectors`` for (..., M, K) and (..., K), batch dims broadcast -> (..., M)."""
+    matrices, vectors = tf.convert_to_tensor(matrices), tf.convert_to_tensor(vectors)
+    return tf.reduce_sum(matrices * vectors[..., None, :], axis=-1)
+
+
+def batched_matmul(a, b):
+    """``a @ b`` for (..., M, K) and (..., K, L), batch dims broadcast -> (..., M, L)."""
+    a, b = tf.convert_to_tensor(a), tf.convert_to_tensor(b)
+    return tf.reduce_sum(a[..., :, :, None] * b[..., None, :, :], axis=-2)
+
+
 class ThinPlateSplineTransform:
     """A random affine + thin-plate-spline warp ``T(z) = A z + b + s(z)``.
 
@@ -89,7 +111,7 @@ class ThinPlateSplineTransform:
         coordinates = tf.convert_to_tensor(coordinates, tf.float32)
         check_rank("coordinates (B, N, 2)", coordinates, 3, last=2)
         linear, shift = self.theta[:, None, :, :2], self.theta[:, None, :, 2]  # (B, 1, 2, 2), (B, 1, 2)
-        warped = tf.linalg.matvec(linear, coordinates) + shift  # (B, N, 2)
+        warped = batched_matvec(linear, coordinates) + shift  # (B, N, 2)
         if self.has_tps:
             _, radius = self._spline_terms(coordinates)
             kernel = tf.square(radius) * tf.math.log(radius + 1e-6)

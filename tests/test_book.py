@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -249,3 +250,55 @@ def test_the_intro_prints_nothing_to_stderr_outside_pytest(tmp_path):
     """No TensorFlow notice reaches a chapter (e.g. `failed call to cuInit` from the full
     `tensorflow` package on a CPU-only machine, as on Colab's CPU runtime)."""
     assert _stderr_outside_pytest(ROOT / "book" / "intro.ipynb", tmp_path) == []
+
+
+# ---------------------------------------------------------------------------
+# nbval's cell timeout (issue 21, item 14)
+# ---------------------------------------------------------------------------
+
+def _make_variable(name, *assignments):
+    """The value GNU make gives ``$(name)`` in the repository's Makefile (envs.mk included)."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("GNU make is not installed")
+    result = subprocess.run([make, "-s", "--no-print-directory", "--eval", f"print-it: ; @echo $({name})",
+                             "print-it", *assignments], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+def test_every_nbval_run_of_the_makefiles_has_the_cell_timeout():
+    """Every recipe that runs nbval passes $(NBVAL) or $(NBVAL_TIMED), and neither is without the timeout:
+    nbval's default waits 2000 s for a cell, and as long for a kernel that has died."""
+    text = "\n".join((ROOT / name).read_text().replace("\\\n", " ") for name in ("Makefile", "envs.mk"))
+    runs = [line for line in text.splitlines() if "nbval" in line.lower() and not line.lstrip().startswith("#")
+            and not re.match(r"NBVAL\w* \??=", line)]
+    assert len(runs) == 2, runs  # test-chapters, test-colab
+    assert all("$(NBVAL)" in line or "$(NBVAL_TIMED)" in line for line in runs), runs
+    assert not [line for line in runs if re.search(r"--nbval(\s|$)", line)], runs
+    for name in ("NBVAL", "NBVAL_TIMED"):
+        flags = _make_variable(name)
+        timeouts = [flag for flag in flags if flag.startswith("--nbval-cell-timeout=")]
+        assert len(timeouts) == 1, flags
+        assert 300 <= int(timeouts[0].split("=")[1]) <= 1200, timeouts
+
+
+DEAD_KERNEL_CELLS = ["print('before')", "import os\nos.kill(os.getpid(), 9)", "print('after')"]
+
+
+def test_a_dead_kernel_fails_its_cell_at_the_makefiles_timeout(tmp_path):
+    """A kernel that dies (a crash in TensorFlow, say) fails its cell once $(NBVAL)'s timeout
+    has passed, here set to 5 s, and the notebook's later cells at once, instead of hanging."""
+    pytest.importorskip("nbval", reason="nbval is in the `test` extra: pip install '.[test]'")
+    nb = {"cells": [{"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None, "source": s}
+                    for s in DEAD_KERNEL_CELLS],
+          "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+          "nbformat": 4, "nbformat_minor": 5}
+    (tmp_path / "dead.ipynb").write_text(json.dumps(nb))
+    flags = _make_variable("NBVAL", "NBVAL_CELL_TIMEOUT=5")
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist",
+               f"--rootdir={tmp_path}", *flags, "--nbval-lax", "dead.ipynb"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 1, result.stdout[-3000:]
+    assert "Timeout of 5 seconds exceeded while executing cell" in result.stdout, result.stdout[-3000:]
+    assert "1 failed, 1 passed" in result.stdout, result.stdout[-3000:]
