@@ -359,8 +359,14 @@ def _check_train(check, train, model, frame_shape):
 
     weights = check.section(train, "loss_weights", where)
     where += "loss_weights."
-    for key in ("generator_gan", "discriminator_gan", "equivariance_value", "equivariance_jacobian"):
+    for key in ("generator_gan", "discriminator_gan", "equivariance_value", "equivariance_jacobian",
+                "keypoint_separation"):
         check.number(weights, key, where, required=False)
+    pixel = check.numbers(weights, "pixel", where, required=False) or []
+    if len(pixel) > len(scales):
+        check.fail(where, "pixel", f"at most one weight per pyramid scale ({len(scales)})", pixel)
+    if weights.get("keypoint_separation"):
+        check.number(train, "separation_sigma", "train_params.", low_open=True)
     perceptual = check.numbers(weights, "perceptual", where, required=False) or []
     if len(perceptual) > 5:
         check.fail(where, "perceptual", "at most 5 weights (relu1_1 ... relu5_1 of VGG19)", perceptual)

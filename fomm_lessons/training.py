@@ -61,6 +61,25 @@ def learning_rate(base, epoch, milestones, factor=0.1):
     return base * factor ** sum(int(epoch) >= m for m in milestones)
 
 
+def collapse_monitors(generated):
+    """Two numbers that show keypoint collapse while training, from one step's outputs.
+
+    ``kp_spread``: mean distance of the driving keypoints to their centroid as a
+    share of the frame width (0 when they sit on one spot); ``masks_in_use``: how
+    many of the K+1 masks of Eq. 7 win at least 5% of the batch's pixels.
+    """
+    kp = tf.cast(generated["kp_driving"]["value"], tf.float32)  # (B, K, 2)
+    centroid = tf.reduce_mean(kp, axis=1, keepdims=True)
+    spread = tf.reduce_mean(tf.norm(kp - centroid, axis=-1)) / 2.0  # [-1, 1] is 2 units wide
+    monitors = {"kp_spread": spread}
+    if "mask" in generated:
+        mask = tf.cast(generated["mask"], tf.float32)  # (B, h, w, K+1)
+        wins = tf.one_hot(tf.argmax(mask, axis=-1), tf.shape(mask)[-1])  # (B, h, w, K+1)
+        share = tf.reduce_mean(wins, axis=[0, 1, 2])  # (K+1,)
+        monitors["masks_in_use"] = tf.reduce_sum(tf.cast(share >= 0.05, tf.float32))
+    return monitors
+
+
 def _loss_weight_on(weights, name):
     value = weights.get(name, 0)
     return sum(value) != 0 if isinstance(value, (list, tuple)) else value != 0
@@ -186,6 +205,8 @@ class Trainer:
             self._apply("discriminator", tape.gradient(scaled, disc_vars), disc_vars)
             losses.update(disc)
         losses = {name: value / replicas for name, value in losses.items()}
+        # Watched, not trained on: whether the keypoints spread out and how many masks share the work.
+        losses.update({f"monitor_{name}": value / replicas for name, value in collapse_monitors(generated).items()})
         images = {key: tf.cast(generated[key], tf.float32) for key in ("prediction", "deformed", "occlusion_map")
                   if key in generated}
         images["kp_driving"] = tf.cast(generated["kp_driving"]["value"], tf.float32)
