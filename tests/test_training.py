@@ -451,3 +451,23 @@ def test_a_full_disk_ends_in_one_line_and_keeps_the_last_checkpoint(frames, tmp_
     assert sorted(os.listdir(after / "models")) == ["discriminator.weights.h5", "generator.weights.h5",
                                                     "kp_detector.weights.h5"]
 
+
+
+def test_auto_precision_on_a_cpu_takes_bfloat16_only_where_native_and_measured_faster(tmp_path):
+    from fomm_lessons.training import bfloat16_speedup, cpu_native_bfloat16, device_defaults
+
+    plain, amx = tmp_path / "plain", tmp_path / "amx"
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    amx.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    assert cpu_native_bfloat16(str(plain)) == [] and cpu_native_bfloat16(str(amx)) == ["amx_bf16", "avx512_bf16"]
+    assert cpu_native_bfloat16(str(tmp_path / "missing")) == []
+
+    def never():
+        raise AssertionError("no probe where bfloat16 is emulated")
+
+    xla, precision, why = device_defaults(cpu_probe=never, cpuinfo=str(plain))
+    assert (xla, precision) == (False, "off") and "without native bfloat16" in why
+    assert device_defaults(cpu_probe=lambda: 1.8, cpuinfo=str(amx))[1] == "bfloat16"
+    _, precision, why = device_defaults(cpu_probe=lambda: 0.9, cpuinfo=str(amx))
+    assert precision == "off" and "0.90x" in why
+    assert 0.0 < bfloat16_speedup(repeats=1) < 100.0
