@@ -212,7 +212,7 @@ def _assert_one_line_error(status, err, command, *fragments):
 # ---------------------------------------------------------------------------
 
 def test_registry_describes_each_model():
-    assert pretrained.names()[:3] == ["sample-64", "vox-256", "vox-adv-256"]
+    assert pretrained.names()[:4] == ["sample-64", "puppets-64", "vox-256", "vox-adv-256"]
     sample = pretrained.info("sample-64")
     folder = Path(sample["folder"])
     assert sample["kind"] == "shipped" and sample["verified"] and sample["config"] == "sample-64"

@@ -471,3 +471,19 @@ def test_auto_precision_on_a_cpu_takes_bfloat16_only_where_native_and_measured_f
     _, precision, why = device_defaults(cpu_probe=lambda: 0.9, cpuinfo=str(amx))
     assert precision == "off" and "0.90x" in why
     assert 0.0 < bfloat16_speedup(repeats=1) < 100.0
+
+
+def test_collapse_monitors_measure_spread_and_masks_in_use():
+    from fomm_lessons.training import collapse_monitors
+
+    kp = np.array([[[0.0, 0.0], [0.5, 0.0], [-0.5, 0.0], [0.0, 0.5]]], np.float32)  # centroid (0, 0.125)
+    expected = np.mean(np.linalg.norm(kp[0] - kp[0].mean(0), axis=-1)) / 2
+    mask = np.zeros((1, 10, 10, 5), np.float32)
+    mask[..., 0] = 1.0  # the background mask wins everywhere ...
+    mask[0, :3, :, 0], mask[0, :3, :, 2] = 0.0, 1.0  # ... but on 30% of the pixels, where mask 2 wins
+    mask[0, 9, 9, 0], mask[0, 9, 9, 4] = 0.0, 1.0  # mask 4 wins 1% of the pixels: not in use
+    monitors = collapse_monitors({"kp_driving": {"value": tf.constant(kp)}, "mask": tf.constant(mask)})
+    np.testing.assert_allclose(float(monitors["kp_spread"]), expected, rtol=1e-6)
+    assert float(monitors["masks_in_use"]) == 2.0
+    same = collapse_monitors({"kp_driving": {"value": tf.constant(np.zeros((2, 5, 2), np.float32))}})
+    assert float(same["kp_spread"]) == 0.0 and "masks_in_use" not in same
