@@ -182,6 +182,7 @@ def fake_puppets(tmp_path, monkeypatch):
     write_video(str(root / "test" / "id00001-0"), video, as_folder=True)
     write_video(str(root / "train" / "id00000-0"), video, as_folder=True)
     module = types.SimpleNamespace(
+        is_puppets_dataset=lambda r: os.path.samefile(r, root),
         load_meta=lambda r: {"format": "fake", "size": 64, "part_names": PART_NAMES,
                              "videos": {"test/id00001-0": 3, "train/id00000-0": 3}},
         ground_truth=lambda r, v, s, d: _fake_truth(d) if s == 0 else pytest.fail("source must be frame 0"))
@@ -228,6 +229,19 @@ def test_puppets_quality_measures_the_papers_protocol(fake_puppets, first_order_
     assert not report["goals"]["l1"]["passed"]  # random networks do not beat copying the source by half
     with pytest.raises(ValueError, match="expected valid videos in the puppets dataset"):
         measures.puppets_quality(fake_puppets, models, split="valid")
+
+
+def test_bench_quality_prints_the_puppets_measures(fake_puppets, first_order_models, tmp_path, capsys):
+    from fomm_lessons import bench
+    from fomm_lessons.checkpoint import save_models
+
+    save_models(first_order_models, tmp_path / "weights")
+    argv = ["quality", "--checkpoint", str(tmp_path / "weights"), "--config", "cpu-64", "--data", fake_puppets]
+    assert bench.main(argv) == 0
+    line = json.loads(capsys.readouterr().out.strip())
+    assert line["workload"] == "quality" and line["split"] == "test" and "untrained" not in line
+    expected = measures.puppets_quality(fake_puppets, first_order_models)
+    assert line["model"] == expected["model"] and line["goals"] == expected["goals"]
 
 
 def test_goals_pass_and_fail_on_their_thresholds():
