@@ -14,7 +14,10 @@ With a single probe the lines go through zero (memory above the probe's
 starting point, and time, proportional to ``b``), which overestimates the time
 of larger batches on a GPU that was not yet busy: the plan errs on the side of
 finishing early. The plan of a run is kept in its folder (:func:`remembered_plan`)
-so that a resumed run keeps the batch size it started with.
+so that a resumed run keeps the batch size it started with. When the planned
+batch still runs out of memory (the lines are a fit, and the card may be shared),
+:func:`train_halving_on_oom` halves it and rewrites the plan, so that the next
+session starts from the batch that fits instead of failing the same way.
 """
 
 import dataclasses
@@ -53,6 +56,7 @@ class Plan:
     checkpoint_every: int
     predicted_peak_bytes: float = None
     limited_by: str = "memory"
+    halved: int = 0  # times the batch was halved after running out of memory
 
 
 def _floor(x):
@@ -174,9 +178,51 @@ def remembered_plan(run_dir, make):
             raise ValueError(f"{path} is not a plan written by fomm_lessons.budget ({error}); "
                              "move it away or use another run folder") from None
     plan = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dataclasses.asdict(plan), indent=1) + "\n")
+    save_plan(run_dir, plan)
     return plan, False
+
+
+def save_plan(run_dir, plan):
+    """Write ``plan`` to ``RUN/plan.json`` through a temporary file (a reader never sees half of it)."""
+    path = Path(run_dir) / PLAN_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{PLAN_FILE}.tmp")
+    partial.write_text(json.dumps(dataclasses.asdict(plan), indent=1) + "\n")
+    os.replace(partial, path)
+    return path
+
+
+def is_out_of_memory(error):
+    """Whether ``error`` says the device ran out of memory (TensorFlow's ResourceExhaustedError or its words)."""
+    import tensorflow as tf
+
+    text = str(error).lower()
+    return isinstance(error, tf.errors.ResourceExhaustedError) or "out of memory" in text or " oom" in text
+
+
+def train_halving_on_oom(run_dir, plan, train, say=print):
+    """``train(plan)``; when it runs out of memory, half the batch per replica, rewrite ``plan.json``, again.
+
+    ``train`` builds what it needs for ``plan.batch_size`` (a trainer of that
+    batch, restored from the run's newest checkpoint) and trains. The steps are
+    kept: at half the batch a step takes less time, so the run still ends within
+    its budget. Returns ``(train's result, the plan it ran with)``; an error
+    that is not out-of-memory, or one at a batch of 1 a replica, is raised.
+    """
+    while True:
+        try:
+            return train(plan), plan
+        except Exception as error:  # noqa: BLE001 - anything but out-of-memory goes on up
+            if not is_out_of_memory(error) or plan.per_replica < 2:
+                raise
+            replicas = plan.batch_size // plan.per_replica
+            smaller = plan.per_replica // 2
+            plan = dataclasses.replace(plan, per_replica=smaller, batch_size=smaller * replicas,
+                                       predicted_peak_bytes=None, limited_by="out of memory",
+                                       halved=plan.halved + 1)
+            path = save_plan(run_dir, plan)
+            say(f"out of memory at batch {2 * smaller * replicas}: batch halved to {plan.batch_size} "
+                f"({smaller} a replica), {path} rewritten; training again")
 
 
 def synthetic_batch(batch_size, size, points_tps=5, seed=0):
@@ -244,13 +290,42 @@ def _wait(outputs):
     return {name: float(value) for name, value in losses.items()}
 
 
-def device_memory_bytes():
-    """Total memory of the first GPU from ``nvidia-smi`` in bytes, or None (no GPU, no nvidia-smi)."""
+def _nvidia_smi(*arguments):
+    """The lines ``nvidia-smi ARGUMENTS --format=csv,noheader,nounits`` prints, or None when it cannot run."""
     if _gpu() is None or shutil.which("nvidia-smi") is None:
         return None
     try:
-        text = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits",
-                               "-i", "0"], capture_output=True, text=True, timeout=30, check=True).stdout
-        return float(text.split()[0]) * 2**20  # MiB
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return subprocess.run(["nvidia-smi", *arguments, "--format=csv,noheader,nounits"], capture_output=True,
+                              text=True, timeout=30, check=True).stdout.strip().splitlines()
+    except (OSError, subprocess.SubprocessError):
         return None
+
+
+def device_memory_bytes():
+    """Total memory of the first GPU from ``nvidia-smi`` in bytes, or None (no GPU, no nvidia-smi)."""
+    lines = _nvidia_smi("--query-gpu=memory.total", "-i", "0")
+    try:
+        return float(lines[0].split(",")[0]) * 2**20  # MiB
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def device_free_memory_bytes():
+    """Memory of the first GPU that this process can use, in bytes: free, plus what it holds itself.
+
+    TensorFlow reserves most of the card on first use, so ``nvidia-smi``'s free
+    memory alone would be near zero after the trainer is built; what other
+    processes hold (another notebook, a second run on a shared card) is not
+    counted. None without a GPU or ``nvidia-smi``. Pass it to :func:`plan_training`
+    as ``free_bytes``, not the card's total (:func:`device_memory_bytes`).
+    """
+    free = _nvidia_smi("--query-gpu=memory.free", "-i", "0")
+    try:
+        total = float(free[0].split(",")[0])
+    except (TypeError, ValueError, IndexError):
+        return None
+    for line in _nvidia_smi("--query-compute-apps=pid,used_memory") or []:
+        fields = [field.strip() for field in line.split(",")]
+        if len(fields) == 2 and fields[0] == str(os.getpid()) and fields[1].replace(".", "", 1).isdigit():
+            total += float(fields[1])  # this process's own reservation is room for its batch
+    return total * 2**20  # MiB

@@ -167,7 +167,9 @@ def build_parser():
                        help="steps between checkpoints (default: one an epoch)")
     train.add_argument("--seed", type=int, default=0, help="random seed")
     train.add_argument("--vgg", default="auto",
-                       help="VGG19 weights for the perceptual loss: auto, imagenet, torchvision, random or a file")
+                       help="VGG19 weights for the perceptual loss: torchvision (the original's ImageNet VGG19, "
+                            "downloaded once), auto ($FOMM_LESSONS_VGG19, else torchvision), imagenet (Keras' "
+                            "Caffe-trained VGG19), random (tests only) or a file")
     train.add_argument("--strategy", choices=("auto", "one", "mirrored", "multi-worker"), default="auto",
                        help="how to spread the steps (default auto: multi-worker when TF_CONFIG lists several "
                             "workers, mirrored over several GPUs, else one device)")

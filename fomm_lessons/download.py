@@ -9,6 +9,12 @@ bytes, size, sha256 and md5, as far as they are known; one that fails is
 renamed to ``TARGET.rejected-N`` (never used, never deleted) and the next
 mirror is tried. When every mirror fails, :class:`DownloadError` names each URL
 and why.
+
+A mirror that publishes a checksum of its own (``Source.md5``, ``size`` or
+``sha256``) serves its own copy, which may be another file than the one the
+recorded pair describes (avatarify's 228 MB ``vox-adv-cpk.pth.tar`` is not the
+authors' 751 MB one): its copy is checked against its own values only, never
+against the pair recorded for the others.
 """
 
 import dataclasses
@@ -23,7 +29,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-__all__ = ["Source", "DownloadError", "fetch_file", "check_file", "file_digest", "move_aside"]
+__all__ = ["Source", "DownloadError", "fetch_file", "check_file", "check_copy", "file_digest", "move_aside"]
 
 RETRIES = 2  # failures in a row without progress on one URL before the next URL
 BACKOFF_S = 0.5  # first wait between retries; doubles
@@ -39,6 +45,17 @@ class Source:
     kind: str = "file"  # "file": the URL serves the file; "yandex": JSON whose "href" serves it
     publisher: str = ""
     md5: str = None  # a checksum this mirror publishes for its copy
+    size: int = None  # bytes of this mirror's own copy, when it differs from the recorded file
+    sha256: str = None  # of this mirror's own copy, when it differs from the recorded file
+
+    @property
+    def own(self):
+        """True when this mirror publishes its own checksum: its copy is checked against that alone."""
+        return any(value is not None for value in (self.md5, self.size, self.sha256))
+
+    def expected(self, size=None, sha256=None):
+        """``(size, sha256, md5)`` this mirror's copy must match: its own, else the recorded pair."""
+        return (self.size, self.sha256, self.md5) if self.own else (size, sha256, None)
 
 
 class DownloadError(OSError):
@@ -59,24 +76,61 @@ def file_digest(path, algorithms=("sha256",)):
     return size, {name: digest.hexdigest() for name, digest in hashes.items()}
 
 
-def check_file(path, size=None, sha256=None, md5=None, magic=()):
-    """``(problem, sha256)``: why ``path`` is not the expected file (None when it is), and its sha256.
+def _mismatch(got_size, digests, size=None, sha256=None, md5=None):
+    """Why a file of ``got_size`` bytes with ``digests`` is not the expected one; None when it is."""
+    if size is not None and got_size != size:
+        return f"{got_size} bytes, expected {size}"
+    if sha256 is not None and not digests["sha256"].startswith(sha256):  # a shorter one: the prefix
+        return f"sha256 {digests['sha256']}, expected {sha256}" + ("..." if len(sha256) < 64 else "")
+    if md5 is not None and digests["md5"] != md5:
+        return f"md5 {digests['md5']}, expected {md5}"
+    return None
 
-    ``magic``: byte strings one of which the file must start with (a web page
-    served instead of the file fails here); unknown values are not checked.
-    """
+
+def _wrong_kind(path, magic):
+    """Why ``path`` does not start as the file should (a web page served instead), or None."""
     with open(path, "rb") as file:
         head = file.read(16)
     if magic and not head.startswith(tuple(magic)):
-        return f"not the expected kind of file (it starts with {head[:8]!r})", None
+        return f"not the expected kind of file (it starts with {head[:8]!r})"
+    return None
+
+
+def check_file(path, size=None, sha256=None, md5=None, magic=()):
+    """``(problem, sha256)``: why ``path`` is not the expected file (None when it is), and its sha256.
+
+    A ``sha256`` of fewer than 64 hex digits is a prefix (torchvision names its
+    files by the first 8). ``magic``: byte strings one of which the file must start with (a web page
+    served instead of the file fails here); unknown values are not checked.
+    """
+    problem = _wrong_kind(path, magic)
+    if problem:
+        return problem, None
     got_size, digests = file_digest(path, ("sha256", "md5"))
-    if size is not None and got_size != size:
-        return f"{got_size} bytes, expected {size}", digests["sha256"]
-    if sha256 is not None and digests["sha256"] != sha256:
-        return f"sha256 {digests['sha256']}, expected {sha256}", digests["sha256"]
-    if md5 is not None and digests["md5"] != md5:
-        return f"md5 {digests['md5']}, expected {md5}", digests["sha256"]
-    return None, digests["sha256"]
+    return _mismatch(got_size, digests, size, sha256, md5), digests["sha256"]
+
+
+def check_copy(path, size=None, sha256=None, sources=(), magic=()):
+    """``(problem, digests, match)`` of a file that may be any accepted copy: read once, compared to each.
+
+    The copies accepted are the recorded ``size`` and ``sha256`` (``match`` None)
+    and the own copy of each mirror in ``sources`` that publishes a checksum
+    (``match`` that :class:`Source`). ``digests``: {"size", "sha256", "md5"}.
+    ``problem`` (None when a copy matches) says why it matches none.
+    """
+    problem = _wrong_kind(path, magic)
+    if problem:
+        return problem, None, None
+    got_size, digests = file_digest(path, ("sha256", "md5"))
+    digests["size"] = got_size
+    problems = []
+    for source in (None, *[s for s in sources if s.own]):
+        wanted = (size, sha256, None) if source is None else source.expected()
+        problem = _mismatch(got_size, digests, *wanted)
+        if problem is None:
+            return None, digests, source
+        problems.append(problem if source is None else f"nor {source.publisher or source.url}'s copy: {problem}")
+    return "; ".join(problems), digests, None
 
 
 def move_aside(path):
@@ -165,31 +219,36 @@ def _transfer(source, target, expected_size, label, progress):
 def fetch_file(target, sources, size=None, sha256=None, magic=(), progress=True, label=None):
     """Make ``target`` a checked copy of the file the ``sources`` publish; returns its sha256.
 
-    An existing ``target`` that passes the checks is kept (no request is made).
-    Without a recorded ``sha256`` the file is unverified: its sha256 is printed
-    so that it can be recorded. Raises :class:`DownloadError` when no source
-    gives a good copy; a partial download is kept to resume.
+    An existing ``target`` that passes the checks is kept (no request is made):
+    the recorded ``size`` and ``sha256``, or a mirror's own checksum
+    (:func:`check_copy`). Without a recorded ``sha256`` the file is unverified:
+    its sha256 is printed so that it can be recorded. Raises
+    :class:`DownloadError` when no source gives a good copy; a partial
+    download is kept to resume.
     """
     target = Path(target)
     label = label or target.name
     target.parent.mkdir(parents=True, exist_ok=True)
     tried = []
     if target.exists():
-        problem, digest = check_file(target, size, sha256, magic=magic)
+        problem, digests, _ = check_copy(target, size, sha256, sources, magic)
         if problem is None:
-            return digest
+            return digests["sha256"]
         tried.append(f"{target} ({problem}; moved to {move_aside(target).name})")
     for source in sources:
+        want_size, want_sha256, want_md5 = source.expected(size, sha256)
         try:
-            _transfer(source, target, size, label, progress)
+            _transfer(source, target, want_size, label, progress)
         except (OSError, ValueError) as error:  # urllib and HttpFile raise OSErrors; a bad answer ValueError
             tried.append(f"{source.url} ({_reason(error, source.url)})")
             continue
-        problem, digest = check_file(target, size, sha256, source.md5, magic)
+        problem, digest = check_file(target, want_size, want_sha256, want_md5, magic)
         if problem is None:
-            if sha256 is None:
+            if want_sha256 is None:
+                checked = f"checked by the md5 {source.publisher or 'its mirror'} publishes" if want_md5 else (
+                    "no sha256 is recorded for it")
                 print(f"fomm-lessons: {label}: downloaded from {source.url}, {target.stat().st_size} bytes, "
-                      f"sha256 {digest} (no sha256 is recorded for it: unverified)", file=sys.stderr)
+                      f"sha256 {digest} ({checked}: unverified)", file=sys.stderr)
             return digest
         tried.append(f"{source.url} ({problem}; moved to {move_aside(target).name})")
     part = Path(f"{target}.part")

@@ -12,7 +12,10 @@ Where the weights come from matters:
   (``features.N.weight`` / ``features.N.bias``, PyTorch layout), a ``.pth`` file
   (read without torch by :func:`fomm_lessons.torchfile.read_torch_file`) or an
   ``.npz`` of the same keys. With these weights the features equal the
-  original's (``preprocessing="torch"``).
+  original's (``preprocessing="torch"``). :func:`fomm_lessons.pretrained.torchvision_vgg19`
+  downloads torchvision's file when it is not in the torch hub cache and keeps
+  its 13 convolutions in Keras' layout (:func:`save_keras_layout`, an ``.npz``
+  of ``LAYER/kernel`` and ``LAYER/bias``, 80 MB instead of 548 MB).
 * **Keras' ``VGG19(weights="imagenet")``**: the Oxford VGG team's Caffe model,
   converted. It expects BGR inputs in 0..255 with the mean pixel
   (103.939, 116.779, 123.68) (B, G, R) subtracted and no division by a std
@@ -37,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = ["Vgg19Features", "TORCHVISION_VGG19_FILE", "find_torchvision_vgg19",
-           "keras_weights_from_torch"]
+           "keras_weights_from_torch", "save_keras_layout"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +48,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, for inputs in [0, 1] (torchvision)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # BGR, for inputs in 0..255 (Keras "caffe" mode)
 TORCHVISION_VGG19_FILE = "vgg19-dcbb9e9d.pth"  # torchvision's file name in the torch hub cache
+_SOURCE_KEY = "source"  # what a Keras-layout .npz was converted from, in words
 WEIGHTS_ENV = "FOMM_LESSONS_VGG19"  # a weights file that weights="auto" tries first
 
 # (Keras layer name, index in torchvision's vgg19.features, input channels, output channels).
@@ -95,6 +99,19 @@ def keras_weights_from_torch(state_dict):
         bias = state[f"features.{index}.bias"].astype(np.float32)
         weights[name] = [np.ascontiguousarray(kernel), bias]
     return weights
+
+
+def save_keras_layout(weights, path, source):
+    """Write {layer: [kernel HWIO, bias]} to ``path`` (an ``.npz``), with ``source`` saying where it came from.
+
+    Written through a temporary file, so that a reader never finds half of it.
+    """
+    arrays = {f"{name}/{field}": value for name, (kernel, bias) in weights.items()
+              for field, value in (("kernel", kernel), ("bias", bias))}
+    partial = f"{path}.tmp.npz"
+    np.savez(partial, **arrays, **{_SOURCE_KEY: np.array(source)})
+    os.replace(partial, path)
+    return path
 
 
 class Vgg19Features(keras.Model):
@@ -212,6 +229,10 @@ class Vgg19Features(keras.Model):
         if path.endswith(".npz"):
             with np.load(path) as archive:
                 state = {key: archive[key] for key in archive.files}
+            if f"{CONVOLUTIONS[0][0]}/kernel" in state:  # Keras' layout (save_keras_layout)
+                self.set_layer_weights({name: [state[f"{name}/kernel"], state[f"{name}/bias"]]
+                                        for name, _, _, _ in CONVOLUTIONS})
+                return f"{state[_SOURCE_KEY]} (in Keras' layout: {path})", "torch"
         elif path.endswith((".pth", ".pth.tar", ".pt", ".tar")):
             from fomm_lessons.torchfile import read_torch_file
 

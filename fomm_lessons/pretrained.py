@@ -21,7 +21,9 @@ Two kinds of weights:
   cache (``$FOMM_LESSONS_CACHE``, default ``~/.cache/fomm-lessons``) from the
   entry's URLs in order by :func:`fomm_lessons.download.fetch_file`: streamed
   with a progress bar, resumed with HTTP Range after an interruption, checked
-  by size and sha256 where recorded (else printed: unverified), read with
+  by size and sha256 where recorded (*verified*, by as many independent
+  uploads as showed that pair; else printed: unverified), or by a mirror's
+  own checksum for a mirror that serves another file, read with
   the torch-free reader when PyTorch is absent, and converted once to Keras
   weights in the cache (``NAME/keras/``), so that a second :func:`load` only
   reads those.
@@ -30,14 +32,17 @@ Two kinds of weights:
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
-from fomm_lessons.download import DownloadError, Source, check_file, fetch_file, file_digest, move_aside
+from fomm_lessons.download import (DownloadError, Source, check_copy, check_file, fetch_file, file_digest,
+                                   move_aside)
 from fomm_lessons.registry import Entry, lookup, names, register, unregister
 
 __all__ = ["Entry", "Source", "DownloadError", "names", "info", "load", "fetch", "resolve",
-           "register", "unregister", "cache_dir", "update_digests", "verify_shipped"]
+           "register", "unregister", "cache_dir", "update_digests", "verify_shipped",
+           "torchvision_vgg19", "vgg19_weights"]
 
 CACHE_ENV = "FOMM_LESSONS_CACHE"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -46,6 +51,10 @@ CONVERTED_MARKER = "converted.json"  # written last in NAME/keras/: the conversi
 UPDATE_HINT = "python -m fomm_lessons.pretrained --update-digests {name}"
 # A torch.save file starts as a zip (torch >= 1.6) or as a protocol-2 pickle (the legacy layout).
 _TORCH_MAGIC = (b"PK\x03\x04", b"\x80\x02")
+# torchvision's ImageNet VGG19, which the original's perceptual loss uses (modules/model.py, Vgg19:
+# models.vgg19(pretrained=True)); torch.hub names a file by the first hex digits of its sha256.
+TORCHVISION_VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
+VGG19_FOLDER = "vgg19"  # in the cache
 
 
 # ---------------------------------------------------------------------------
@@ -137,13 +146,50 @@ def info(name):
         return out
     folder = cache_dir() / entry.name
     out.update(filename=entry.filename, size=entry.size, sha256=entry.sha256, verified=entry.sha256 is not None,
-               sources=[dict(url=s.url, kind=s.kind, publisher=s.publisher, md5=s.md5) for s in entry.sources],
+               verified_by=len(entry.sha256_sources), sha256_sources=list(entry.sha256_sources),
+               sources=[dict(url=s.url, kind=s.kind, publisher=s.publisher, md5=s.md5, size=s.size,
+                             sha256=s.sha256, own_copy=s.own) for s in entry.sources],
                cache=str(folder), converted=(folder / "keras" / CONVERTED_MARKER).exists(),
+               cached=_read_json(folder / "keras" / CONVERTED_MARKER, {}).get("check"),
                quality=dict(entry.quality or {}))
     if entry.sha256 is None:
         out["note"] = ("unverified: the registry records no sha256 for this file yet, so any file that reads as "
                        "a checkpoint of this config is accepted; a download prints the sha256 it computed")
+    else:
+        count = len(entry.sha256_sources)
+        what = "size and sha256" if entry.size is not None else "sha256 (its exact size is not recorded)"
+        out["note"] = (f"verified: a copy is used only if its {what} match the {entry.filename} recorded from "
+                       f"{count} independent source{'s' if count != 1 else ''}"
+                       + (" (a single source: a second upload with the same sha256 would confirm it)"
+                          if count == 1 else ""))
+    own = sorted({s.publisher or s.url for s in entry.sources if s.own})
+    if own:
+        out["note"] += (f"; {', '.join(own)} serve{'s' if len(own) == 1 else ''} another file under this name, "
+                        "checked by the checksum that mirror publishes, never against the recorded sha256")
     return out
+
+
+def _verdict(entry, match):
+    """How far a copy of ``entry``'s file is checked, in words; ``match``: the own-copy Source it matched."""
+    if match is not None:
+        known = ", ".join(f"{key} {value}" for key, value in (("size", match.size), ("sha256", match.sha256),
+                                                              ("md5", match.md5)) if value is not None)
+        return (f"{match.publisher or match.url}'s own copy, checked by its {known} only "
+                f"(another file than the {entry.filename} of the recorded sha256)")
+    if entry.sha256 is None:
+        return "unverified (no sha256 is recorded)"
+    count = len(entry.sha256_sources)
+    what = "size and sha256" if entry.size is not None else "sha256"
+    return f"verified: {what} match the pair recorded from {count} source{'s' if count != 1 else ''}"
+
+
+def _still_accepted(entry, done):
+    """Whether the file a conversion marker ``done`` records is still a copy the entry accepts."""
+    def matches(size, sha256, md5):
+        return all(want is None or done.get(key) == want
+                   for key, want in (("size", size), ("sha256", sha256), ("md5", md5)))
+
+    return matches(entry.size, entry.sha256, None) or any(s.own and matches(*s.expected()) for s in entry.sources)
 
 
 # ---------------------------------------------------------------------------
@@ -151,28 +197,35 @@ def info(name):
 # ---------------------------------------------------------------------------
 
 def _fetch(entry, checkpoint=None, progress=True):
-    """``(path, sha256)`` of a checked copy of a published entry's file (see :func:`fetch`)."""
+    """``(path, digests, match)`` of a checked copy of a published entry's file (see :func:`fetch`).
+
+    ``digests``: its size, sha256 and md5; ``match``: None for the recorded file,
+    else the mirror whose own copy it is (:func:`fomm_lessons.download.check_copy`).
+    """
     if checkpoint is not None:
         path = Path(checkpoint)
         if not path.is_file():
             raise FileNotFoundError(f"--checkpoint {path}: no such file (expected {entry.filename} of {entry.name})")
-        problem, sha256 = check_file(path, entry.size, entry.sha256, magic=_TORCH_MAGIC)
+        problem, digests, match = check_copy(path, entry.size, entry.sha256, entry.sources, _TORCH_MAGIC)
         if problem is not None:
             raise ValueError(f"{path} is not {entry.filename} of {entry.name}: {problem}")
-        if entry.sha256 is None:
-            print(f"fomm-lessons: {entry.name}: {path} has sha256 {sha256} (no sha256 is recorded for "
+        if entry.sha256 is None and match is None:
+            print(f"fomm-lessons: {entry.name}: {path} has sha256 {digests['sha256']} (no sha256 is recorded for "
                   f"{entry.filename}: unverified)", file=sys.stderr)
-        return path, sha256
+        return path, digests, match
     target = cache_dir() / entry.name / entry.filename
     try:
-        sha256 = fetch_file(target, entry.sources, entry.size, entry.sha256, _TORCH_MAGIC, progress,
-                            label=f"{entry.name} ({entry.filename})")
+        fetch_file(target, entry.sources, entry.size, entry.sha256, _TORCH_MAGIC, progress,
+                   label=f"{entry.name} ({entry.filename})")
     except DownloadError as error:
         raise DownloadError(
             f"{error} If you have {entry.filename}, pass it with --checkpoint PATH --config {entry.config}, "
             f"or convert it into the cache with `fomm-lessons models fetch {entry.name} --checkpoint PATH`"
         ) from None
-    return target, sha256
+    problem, digests, match = check_copy(target, entry.size, entry.sha256, entry.sources, _TORCH_MAGIC)
+    if problem is not None:  # fetch_file has just checked it: only a file changed meanwhile gets here
+        raise ValueError(f"{target} changed after its download: {problem}")
+    return target, digests, match
 
 
 def fetch(name, checkpoint=None, progress=True):
@@ -196,10 +249,11 @@ def converted_folder(name, checkpoint=None, progress=True):
     folder = cache_dir() / entry.name / "keras"
     marker = folder / CONVERTED_MARKER
     done = _read_json(marker, None)
-    if checkpoint is None and done and entry.sha256 in (None, done.get("sha256")):
+    if checkpoint is None and done and _still_accepted(entry, done):
         return folder
-    path, sha256 = _fetch(entry, checkpoint, progress)
-    print(f"fomm-lessons: converting {path} to Keras weights in {folder} (once)", file=sys.stderr)
+    path, digests, match = _fetch(entry, checkpoint, progress)
+    check = _verdict(entry, match)
+    print(f"fomm-lessons: converting {path} ({check}) to Keras weights in {folder} (once)", file=sys.stderr)
     config = load_config(entry.config)
     try:
         models = load_checkpoint(path, config["model_params"], f"the config {entry.config}")
@@ -210,8 +264,70 @@ def converted_folder(name, checkpoint=None, progress=True):
     folder.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)
     save_models(models, folder)
-    _write_json(marker, {"name": entry.name, "config": entry.config, "from": str(path), "sha256": sha256})
+    _write_json(marker, {"name": entry.name, "config": entry.config, "from": str(path), "check": check,
+                         "size": digests["size"], "sha256": digests["sha256"], "md5": digests["md5"]})
     return folder
+
+
+# ---------------------------------------------------------------------------
+# the perceptual loss's VGG19
+# ---------------------------------------------------------------------------
+
+def torchvision_vgg19(progress=True):
+    """Path of torchvision's VGG19 convolutions in Keras' layout (an ``.npz`` in the cache), made once.
+
+    Read from the torch hub cache when torchvision put the file there, else
+    downloaded from :data:`TORCHVISION_VGG19_URL` into ``CACHE/vgg19/``; either
+    way its sha256 must start with the hex digits of its name. Raises
+    :class:`DownloadError` (one line, naming the URL) when it cannot be had.
+    """
+    from fomm_lessons.perceptual import find_torchvision_vgg19, keras_weights_from_torch, save_keras_layout
+    from fomm_lessons.torchfile import read_torch_file
+
+    filename = TORCHVISION_VGG19_URL.rsplit("/", 1)[-1]  # vgg19-dcbb9e9d.pth
+    prefix = re.fullmatch(r"[\w.]+-([0-9a-f]{8,64})\.pth", filename)
+    if prefix is None:
+        raise ValueError(f"{TORCHVISION_VGG19_URL}: expected a file named NAME-SHA256PREFIX.pth, as torch.hub names them")
+    folder = cache_dir() / VGG19_FOLDER
+    converted = folder / f"{filename[:-len('.pth')]}.keras.npz"
+    if converted.is_file():
+        return converted
+    hub = find_torchvision_vgg19()
+    if hub is not None and os.path.basename(hub) == filename:
+        problem, sha256 = check_file(hub, sha256=prefix.group(1), magic=_TORCH_MAGIC)
+        if problem is not None:
+            raise ValueError(f"{hub} (the torch hub cache) is not torchvision's {filename}: {problem}")
+        path = Path(hub)
+    else:
+        path = folder / filename
+        sha256 = fetch_file(path, (Source(TORCHVISION_VGG19_URL, publisher="torchvision"),), sha256=prefix.group(1),
+                            magic=_TORCH_MAGIC, progress=progress, label=f"torchvision's VGG19 ({filename})")
+    print(f"fomm-lessons: converting {path} to Keras' layout in {converted} (once)", file=sys.stderr)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = keras_weights_from_torch(read_torch_file(path))
+    return save_keras_layout(weights, converted, f"torchvision's ImageNet VGG19 ({filename}, sha256 {sha256})")
+
+
+def vgg19_weights(choice="auto", progress=True):
+    """What ``--vgg CHOICE`` hands :class:`~fomm_lessons.perceptual.Vgg19Features`: torchvision's by path.
+
+    ``torchvision`` and ``auto`` become the path of :func:`torchvision_vgg19`
+    (``auto`` takes ``$FOMM_LESSONS_VGG19`` first); a failed download is one
+    line that names the other choices, never a silent fallback. ``imagenet``
+    (Keras' Caffe-trained VGG19), ``random`` and a file path pass unchanged.
+    """
+    from fomm_lessons.perceptual import WEIGHTS_ENV
+
+    if choice == "auto" and os.environ.get(WEIGHTS_ENV):
+        return os.environ[WEIGHTS_ENV]
+    if choice not in ("auto", "torchvision"):
+        return choice
+    try:
+        return str(torchvision_vgg19(progress))
+    except DownloadError as error:
+        raise DownloadError(f"--vgg {choice}: {error} The original's perceptual loss uses these weights; "
+                            "pass --vgg imagenet for Keras' Caffe-trained VGG19 (other feature values), a weights "
+                            "file, or --vgg random (a meaningless perceptual loss, for tests)") from None
 
 
 # ---------------------------------------------------------------------------
@@ -277,12 +393,14 @@ def _size_text(size):
 def models_main(args):
     """``fomm-lessons models list | info NAME | fetch NAME [--checkpoint PATH]``."""
     if args.models_command == "list":
-        print(f"{'NAME':<14}{'KIND':<10}{'CONFIG':<13}{'SIZE':<11}{'SHA256':<12}READY")
+        print(f"{'NAME':<14}{'KIND':<10}{'CONFIG':<13}{'SIZE':<11}{'SHA256':<13}READY")
         for name in names():
             entry = info(name)
             ready = "shipped" if entry["kind"] == "shipped" else ("converted" if entry["converted"] else "no")
+            verified = "unverified" if not entry["verified"] else (
+                "verified" if entry["kind"] == "shipped" else f"verified({entry['verified_by']})")
             print(f"{name:<14}{entry['kind']:<10}{entry['config']:<13}{_size_text(entry['size']):<11}"
-                  f"{'verified' if entry['verified'] else 'unverified':<12}{ready}")
+                  f"{verified:<13}{ready}")
         return 0
     if args.models_command == "info":
         print(json.dumps(info(args.name), indent=2))

@@ -8,15 +8,12 @@ Conventions (each lives in exactly one function of this file):
 * sampling is bilinear with PyTorch ``grid_sample`` semantics
   (:func:`grid_sample`), ``align_corners=True`` by default as in the original.
 
-Two more modules of layer 1 lived here and are re-exported under their old
-names: :mod:`fomm_lessons.pyramid` (``AntiAliasDownsample``, ``ImagePyramid``,
-``gaussian_kernel_1d``) and :mod:`fomm_lessons.tps` (``ThinPlateSplineTransform``,
-loaded on first use, since it imports this module).
+The anti-aliased pyramid lives in :mod:`fomm_lessons.pyramid` and the random
+thin-plate-spline transform in :mod:`fomm_lessons.tps` (which imports this
+module); import them from there.
 """
 
 import tensorflow as tf
-
-from fomm_lessons.pyramid import AntiAliasDownsample, ImagePyramid, gaussian_kernel_1d  # noqa: F401
 
 PADDING_MODES = ("zeros", "border", "reflection")
 
@@ -289,11 +286,3 @@ def keypoints_to_gaussian(kp, spatial_size, kp_variance):
     diff = grid[None, :, :, None, :] - kp[:, None, None, :, :]  # (B, h, w, K, 2)
     return tf.exp(-0.5 * tf.reduce_sum(tf.square(diff), axis=-1) / kp_variance)
 
-
-def __getattr__(name):
-    # ThinPlateSplineTransform moved to fomm_lessons.tps, which imports this module: load it late.
-    if name == "ThinPlateSplineTransform":
-        from fomm_lessons.tps import ThinPlateSplineTransform
-
-        return ThinPlateSplineTransform
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from fomm_lessons.distribute import WorkerLost, describe as describe_strategy, make_strategy, peer_failure, task_of
 from fomm_lessons.run_folder import DiskFull, lock_run_folder, log_line
-from fomm_lessons.training import Trainer, TrainingDiverged
+from fomm_lessons.training import Trainer, TrainingDiverged, _loss_weight_on
 
 
 def _resume_command(args):
@@ -48,10 +48,16 @@ def main(args):
     """
     from fomm_lessons.config import load_config
     from fomm_lessons.data.loader import FramesDataset
+    from fomm_lessons.pretrained import vgg19_weights
 
     _positive(args.steps, "--steps")
     _positive(args.checkpoint_every, "--checkpoint-every")
     config = load_config(args.config, command="train")
+    # torchvision's weights by name become a cache path, downloaded if need be: a failed download
+    # stops here, before the run folder is touched, unless --vgg random was asked for.
+    vgg = getattr(args, "vgg", "auto")
+    if _loss_weight_on(config["train_params"].get("loss_weights", {}), "perceptual"):
+        vgg = vgg19_weights(vgg)
     strategy = make_strategy(getattr(args, "strategy", "auto"))  # before other TensorFlow work
     print(describe_strategy(strategy))
     worker, workers = task_of(strategy)
@@ -71,7 +77,7 @@ def main(args):
                                  "or choose another --out")
             trainer = Trainer(config, out, strategy=strategy, xla=args.xla, mixed_precision=args.mixed_precision,
                               seed=args.seed, checkpoint_every=args.checkpoint_every,
-                              vgg_weights=getattr(args, "vgg", "auto"))
+                              vgg_weights=vgg)
             return _train(args, trainer, frames, out, note)
     except tf.errors.OpError as error:
         cause = peer_failure(error) if workers > 1 else None

@@ -38,9 +38,10 @@ from fomm_lessons.checkpoint import build_models
 from fomm_lessons.config import validate_config
 from fomm_lessons.distribute import distribute_batches
 from fomm_lessons.losses import discriminator_losses, generator_losses
+from fomm_lessons.pyramid import ImagePyramid
 from fomm_lessons.run_folder import (last_good_checkpoint, last_good_text, log_epoch, non_finite,
                                      restore_newest_good, save_checkpoint)
-from fomm_lessons.sampling import ImagePyramid, ThinPlateSplineTransform
+from fomm_lessons.tps import ThinPlateSplineTransform
 
 
 class TrainingDiverged(RuntimeError):

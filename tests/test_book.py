@@ -15,6 +15,7 @@ from conftest import ROOT, toc_notebooks
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 REPO_URL = CONFIG["repository"]["url"].rstrip("/")
 REPO_PATH = REPO_URL.split("github.com/")[1]  # owner/name
+ORIGINAL_PATH = "AliaksandrSiarohin/first-order-model"  # the original FOMM code, which chapters cite
 
 
 def _notebook(path):
@@ -54,7 +55,8 @@ def test_repository_url_is_written_in_one_place():
     for path in files:
         for match in pattern.finditer(path.read_text()):
             found.add(match.group(1))
-    assert found <= {REPO_PATH}, f"links to other repositories than {REPO_URL}: {found - {REPO_PATH}}"
+    allowed = {REPO_PATH, ORIGINAL_PATH}
+    assert found <= allowed, f"links to other repositories than {REPO_URL} and the original: {found - allowed}"
 
 
 def test_book_builds_without_warnings(built_book):
@@ -90,6 +92,35 @@ def test_code_lines_fit_the_column(path):
             for k, cell in enumerate(_notebook(path)["cells"]) if cell["cell_type"] == "code"
             for line in "".join(cell["source"]).splitlines() if len(line) > CODE_COLUMNS]
     assert not long, f"{path.name}: code lines longer than {CODE_COLUMNS} characters:\n" + "\n".join(long)
+
+
+WIDGET = "application/vnd.jupyter.widget-view+json"
+# Chapters re-executed since widget cells hide their output in the book; the others follow when re-run.
+WIDGETS_HIDDEN = ["01_optical_flow.ipynb", "02_taylor_series.ipynb", "03_bilinear_interpolation.ipynb",
+                  "04_warping.ipynb"]
+
+
+@pytest.mark.parametrize("name", WIDGETS_HIDDEN)
+def test_widget_cells_hide_their_output_behind_a_static_figure(name):
+    """The book has no kernel: a widget's output would show as ``interactive(children=...``.
+
+    Each widget cell is tagged ``remove-output``, and the chapter shows a static figure
+    (a PNG output) in the cell before or after it.
+    """
+    cells = _notebook(ROOT / "book" / name)["cells"]
+    code = [k for k, c in enumerate(cells) if c["cell_type"] == "code"]
+    widgets = [k for k in code if any(WIDGET in o.get("data", {}) for o in cells[k].get("outputs", []))]
+    assert widgets, f"{name}: no widget output found (is the chapter stored with outputs?)"
+
+    def has_figure(k):
+        return any("image/png" in o.get("data", {}) for o in cells[k].get("outputs", []))
+
+    for k in widgets:
+        tags = cells[k]["metadata"].get("tags", [])
+        assert "remove-output" in tags, f"{name}, cell {k}: a widget cell without the tag remove-output"
+        position = code.index(k)
+        neighbours = code[max(position - 1, 0):position] + code[position + 1:position + 2]
+        assert any(has_figure(j) for j in neighbours), f"{name}, cell {k}: no static figure beside the widget"
 
 
 def _exercise_blocks(nb):

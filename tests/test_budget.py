@@ -159,3 +159,71 @@ def test_fit_schedule_of_vox_256_on_a_small_subset():
     assert budget.fit_schedule(params, 90, 16)["epoch_milestones"] == [54, 81]  # 90 epochs of 1 step
     with pytest.raises(ValueError, match="at least 1 step"):
         budget.fit_schedule(params, 0, 16)
+
+
+def _plan(batch_size, per_replica):
+    return budget.Plan(batch_size=batch_size, per_replica=per_replica, steps=100, step_s=0.5, checkpoint_every=50,
+                       predicted_peak_bytes=12e9)
+
+
+def test_out_of_memory_halves_the_batch_and_rewrites_the_plan(tmp_path):
+    import tensorflow as tf
+
+    tried, said = [], []
+
+    def train(plan):  # a card on which 4 images a replica fit, and no more
+        tried.append((plan.batch_size, plan.per_replica))
+        if plan.per_replica > 4:
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape [16,64,256,256]")
+        return "trained"
+
+    first, resumed = budget.remembered_plan(tmp_path, lambda: _plan(32, 16))  # two replicas
+    assert not resumed
+    result, plan = budget.train_halving_on_oom(tmp_path, first, train, say=said.append)
+    assert result == "trained" and tried == [(32, 16), (16, 8), (8, 4)]
+    assert (plan.batch_size, plan.per_replica, plan.halved, plan.steps) == (8, 4, 2, 100)
+    assert plan.limited_by == "out of memory" and plan.predicted_peak_bytes is None
+    assert said[0].startswith("out of memory at batch 32: batch halved to 16 (8 a replica)") and len(said) == 2
+    # The next session reads the halved plan back instead of running out of memory again.
+    assert budget.remembered_plan(tmp_path, lambda: pytest.fail("probed again")) == (plan, True)
+    assert json.loads((tmp_path / budget.PLAN_FILE).read_text())["batch_size"] == 8
+
+
+def test_other_errors_and_a_batch_of_one_are_not_halved(tmp_path):
+    import tensorflow as tf
+
+    def broken(plan):
+        raise ValueError("not a memory problem")
+
+    plan, _ = budget.remembered_plan(tmp_path, lambda: _plan(8, 8))
+    before = (tmp_path / budget.PLAN_FILE).read_text()
+    with pytest.raises(ValueError, match="not a memory problem"):
+        budget.train_halving_on_oom(tmp_path, plan, broken, say=pytest.fail)
+    assert (tmp_path / budget.PLAN_FILE).read_text() == before
+
+    def never_fits(plan):
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM")
+
+    with pytest.raises(tf.errors.ResourceExhaustedError):
+        budget.train_halving_on_oom(tmp_path, plan, never_fits, say=lambda text: None)
+    assert json.loads((tmp_path / budget.PLAN_FILE).read_text())["per_replica"] == 1  # 8, 4, 2, 1 tried
+
+
+def test_free_memory_is_the_cards_free_memory_plus_this_process_own(monkeypatch):
+    import os
+    import subprocess
+
+    answers = {"--query-gpu=memory.total": "16384\n", "--query-gpu=memory.free": "1200\n",
+               "--query-compute-apps=pid,used_memory": f"{os.getpid()}, 13000\n4242, 2000\n"}
+
+    def fake_run(command, **kwargs):
+        assert command[0] == "nvidia-smi" and command[-1] == "--format=csv,noheader,nounits"
+        return subprocess.CompletedProcess(command, 0, stdout=answers[command[1]], stderr="")
+
+    monkeypatch.setattr(budget, "_gpu", lambda: "/device:GPU:0")
+    monkeypatch.setattr(budget.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    monkeypatch.setattr(budget.subprocess, "run", fake_run)
+    assert budget.device_memory_bytes() == 16384 * 2**20
+    assert budget.device_free_memory_bytes() == (1200 + 13000) * 2**20  # not the other process's 2000 MiB
+    monkeypatch.setattr(budget, "_gpu", lambda: None)
+    assert budget.device_free_memory_bytes() is None and budget.device_memory_bytes() is None

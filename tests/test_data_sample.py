@@ -12,7 +12,8 @@ import pytest
 import tensorflow as tf
 
 from fomm_lessons.data import frames, sample
-from fomm_lessons.sampling import ThinPlateSplineTransform, grid_sample, make_coordinate_grid
+from fomm_lessons.sampling import grid_sample, make_coordinate_grid
+from fomm_lessons.tps import ThinPlateSplineTransform
 
 SIZE = 64
 

@@ -5,7 +5,8 @@ import pytest
 import tensorflow as tf
 
 from fomm_lessons import losses
-from fomm_lessons.sampling import ImagePyramid, ThinPlateSplineTransform
+from fomm_lessons.pyramid import ImagePyramid
+from fomm_lessons.tps import ThinPlateSplineTransform
 
 PARITY_WEIGHTS = {  # vox-adv-256's loss weights with the perceptual term off, as the fixture
     "generator_gan": 1, "discriminator_gan": 1, "feature_matching": [10, 10, 10, 10],

@@ -10,6 +10,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import dataclasses
 import hashlib
 import http.server
 import json
@@ -226,13 +227,57 @@ def test_registry_describes_each_model():
     for name in ("vox-256", "vox-adv-256"):
         published = pretrained.info(name)
         assert published["kind"] == "download" and published["config"] == name
-        assert published["verified"] is False and "unverified" in published["note"]
+        assert published["verified"] is True and published["note"].startswith("verified")
         urls = [s["url"] for s in published["sources"]]
-        assert "lEw8uRm140L_eQ" in urls[0] and len(urls) >= 2  # the authors' own folder first
+        assert "lEw8uRm140L_eQ" in urls[0] and len(urls) >= 3  # the authors' own folder first
         assert all(url.startswith("https://") for url in urls)
+        assert any("graphemecluster/first-order-model-demo/releases/download/checkpoints/" in url for url in urls)
         assert published["licence"] and published["trained_on"].startswith("VoxCeleb")
     with pytest.raises(ValueError, match="unknown model 'nope'.*sample-64"):
         pretrained.info("nope")
+
+
+# What issue 24 records of the published files, typed here again from the issue (not read from the
+# registry), so that a changed hash in the registry fails this test.
+VOX_ADV = (750926934, "6792d6810d7f46e3c5c487a1cfec916b96fad8912c3c6cc81baa1fc300c820d3")
+VOX = "abb41ab1f279f26326c0d6e4d20702de6658364665aa1313daa7a63e89ea2b23"
+AVATARIFY_MD5 = "8a45a24037871c045fbb8a6a8aa95ebc"
+
+
+def test_the_published_files_carry_their_recorded_pairs_and_hugging_face_mirrors():
+    adv, vox = pretrained.info("vox-adv-256"), pretrained.info("vox-256")
+    assert (adv["size"], adv["sha256"]) == VOX_ADV and adv["verified_by"] == 2
+    assert any("abhishek/first-order-motion-model" in s for s in adv["sha256_sources"])
+    assert any("ashpexx/my-models" in s for s in adv["sha256_sources"])
+    assert (vox["size"], vox["sha256"]) == (None, VOX) and vox["sha256_sources"] == ["huggingface.co/MCMLXXXVII/thinplatesv1"]
+    assert "a single source" in vox["note"] and "a single source" not in adv["note"]
+    hugging_face = re.compile(r"^https://huggingface\.co/(?:spaces/)?[\w.-]+/[\w.-]+/resolve/main/[\w./-]+$")
+    assert [s["url"] for s in adv["sources"] if s["url"].startswith("https://huggingface.co/")] == [
+        "https://huggingface.co/spaces/abhishek/first-order-motion-model/resolve/main/weights/vox-adv-cpk.pth.tar",
+        "https://huggingface.co/ashpexx/my-models/resolve/main/vox-adv-cpk.pth.tar"]
+    assert [s["url"] for s in vox["sources"] if s["url"].startswith("https://huggingface.co/")] == [
+        "https://huggingface.co/MCMLXXXVII/thinplatesv1/resolve/main/vox-cpk.pth.tar"]
+    for source in adv["sources"] + vox["sources"]:
+        if source["url"].startswith("https://huggingface.co/"):
+            assert hugging_face.match(source["url"]) and not source["own_copy"]  # checked against the pair
+    # Avatarify's 228 MB copy is another file: checked by its md5, never by the 751 MB file's size or sha256.
+    entry = pretrained.lookup("vox-adv-256")
+    avatarify = [s for s in entry.sources if s.publisher.startswith("avatarify")]
+    assert len(avatarify) == 3 and all(s.expected(*VOX_ADV) == (None, None, AVATARIFY_MD5) for s in avatarify)
+    assert "avatarify" in adv["note"] and "never against the recorded sha256" in adv["note"]
+
+
+def test_a_file_is_checked_against_the_pair_then_each_mirrors_own_copy(tmp_path):
+    path = tmp_path / "copy.pth.tar"
+    path.write_bytes(b"PK\x03\x04" + bytes(200))
+    entry = pretrained.lookup("vox-adv-256")
+    problem, digests, match = download.check_copy(path, entry.size, entry.sha256, entry.sources)
+    assert match is None and digests["size"] == 204 and digests["md5"] == hashlib.md5(path.read_bytes()).hexdigest()
+    assert problem.startswith(f"204 bytes, expected {VOX_ADV[0]}; nor avatarify (S3)'s copy: md5 ")
+    assert problem.endswith(f"expected {AVATARIFY_MD5}")
+    mine = download.Source("http://127.0.0.1:1/x", publisher="mine", md5=digests["md5"])
+    assert download.check_copy(path, *VOX_ADV, entry.sources + (mine,)) == (None, digests, mine)
+    assert download.check_copy(path, 204, digests["sha256"], (mine,))[2] is None  # the pair wins
 
 
 def test_load_sample_64_by_name():
@@ -308,6 +353,35 @@ def test_a_published_checkpoint_loads_and_a_second_load_reads_the_converted_cach
                                             getattr(reference, part).weights):
             np.testing.assert_array_equal(loaded.numpy(), expected.numpy(), err_msg=loaded.path)
             np.testing.assert_array_equal(cached.numpy(), expected.numpy(), err_msg=cached.path)
+
+
+def test_a_verified_download_says_by_how_many_sources_and_a_mirrors_own_copy_is_not_held_to_the_pair(
+        published, cache, entry, capsys):
+    blob, other = published["blobs"]["zip"], published["blobs"]["legacy"]  # two files, one name
+    own = download.Source("", publisher="a mirror of another file", md5=hashlib.md5(other).hexdigest())
+    with FileServer({"/ckpt": blob, "/other": other}) as server:
+        entry([server.url("/ckpt")], size=len(blob), sha256=_sha256(blob), sha256_sources=("one", "two"))
+        assert pretrained.info(NAME)["verified_by"] == 2
+        pretrained.converted_folder(NAME, progress=False)
+        printed = capsys.readouterr().err
+        assert "verified: size and sha256 match the pair recorded from 2 sources" in printed
+        assert pretrained.info(NAME)["cached"] == "verified: size and sha256 match the pair recorded from 2 sources"
+        shutil.rmtree(cache / NAME)
+        # A mirror that serves another file and publishes its md5: no size probe against the pair, the
+        # md5 checked, and the converted copy kept (the next load makes no request).
+        entry([dataclasses.replace(own, url=server.url("/other"))], size=len(blob), sha256=_sha256(blob),
+              sha256_sources=("one",))
+        pretrained.converted_folder(NAME, progress=False)
+        requests = len(server.requests)
+        pretrained.converted_folder(NAME, progress=False)
+        assert len(server.requests) == requests and (cache / NAME / FILENAME).read_bytes() == other
+        assert "a mirror of another file's own copy, checked by its md5" in pretrained.info(NAME)["cached"]
+        assert "a mirror of another file serves another file" in pretrained.info(NAME)["note"]
+        # The same file from a mirror without a checksum of its own is held to the pair, and refused.
+        shutil.rmtree(cache / NAME)
+        entry([server.url("/other")], size=len(blob), sha256=_sha256(blob))
+        with pytest.raises(download.DownloadError, match=f"serves {len(other)} bytes, expected {len(blob)}"):
+            pretrained.fetch(NAME, progress=False)
 
 
 def test_an_interrupted_transfer_resumes_with_a_range_request(published, cache, entry):
@@ -406,9 +480,13 @@ def test_models_list_and_info(cache, capsys):
     assert status == 0
     rows = {line.split()[0]: line.split() for line in out.strip().splitlines()[1:]}
     assert rows["sample-64"][1:3] == ["shipped", "sample-64"] and "verified" in rows["sample-64"]
-    assert rows["vox-256"][1] == "download" and "unverified" in rows["vox-256"]
+    assert rows["vox-256"][1] == "download" and "verified(1)" in rows["vox-256"]
+    assert rows["vox-adv-256"][1:4] == ["download", "vox-adv-256", "716.1"] and "verified(2)" in rows["vox-adv-256"]
     status, out, _ = _run_cli(["models", "info", "vox-adv-256"], capsys)
-    assert status == 0 and json.loads(out)["sources"][2]["md5"] == "8a45a24037871c045fbb8a6a8aa95ebc"
+    card = json.loads(out)
+    assert status == 0 and card["verified_by"] == 2 and "2 independent sources" in card["note"]
+    assert [s["md5"] for s in card["sources"] if s["publisher"].startswith("avatarify")] == [
+        "8a45a24037871c045fbb8a6a8aa95ebc"] * 3
 
 
 def test_convert_takes_a_model_name_and_its_config(published, cache, entry, tmp_path, capsys):
@@ -442,3 +520,103 @@ def test_checkpoint_names_and_paths_errors_are_one_line(tmp_path, capsys):
     _assert_one_line_error(status, err, "reconstruct", "'vox-257'", "vox-256")
     status, _, err = _run_cli(base + [tmp_path], capsys)
     _assert_one_line_error(status, err, "reconstruct", "needs its config (--config)")
+
+
+# ---------------------------------------------------------------------------
+# torchvision's VGG19 for the perceptual loss
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def vgg19_file(tmp_path_factory):
+    """torchvision's vgg19 state dict as torch writes it (random values, the real names and shapes):
+
+    the 13 convolutions the features use at full size, one unused convolution and
+    a small classifier as the real file has them; ~80 MB instead of 548 MB.
+    """
+    torch = pytest.importorskip("torch", reason=TORCH_REASON)
+    from test_perceptual import _torchvision_like_state
+
+    state = _torchvision_like_state(seed=4)
+    full = {key: torch.from_numpy(value) for key, value in state.items()}
+    full["features.34.weight"] = torch.zeros(512, 512, 3, 3)  # block5_conv4, unused
+    full["classifier.6.bias"] = torch.zeros(1000)
+    path = tmp_path_factory.mktemp("vgg19") / "vgg19.pth"
+    torch.save(full, path)
+    return state, path.read_bytes()
+
+
+@pytest.fixture
+def vgg19_server(vgg19_file, cache, monkeypatch, tmp_path):
+    """The file served at /models/vgg19-PREFIX.pth (its sha256's first 8 hex digits), and the URL patched."""
+    from fomm_lessons import perceptual
+
+    state, blob = vgg19_file
+    name = f"vgg19-{_sha256(blob)[:8]}.pth"
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-torch-hub"))  # nothing in the torch hub cache
+    monkeypatch.delenv(perceptual.WEIGHTS_ENV, raising=False)
+    with FileServer({f"/models/{name}": blob, "/models/vgg19-00000000.pth": blob}) as server:
+        monkeypatch.setattr(pretrained, "TORCHVISION_VGG19_URL", server.url(f"/models/{name}"))
+        yield server, name
+
+
+def test_torchvision_vgg19_is_downloaded_checked_by_its_name_and_converted_once(vgg19_file, vgg19_server, cache,
+                                                                                 monkeypatch, capsys):
+    import torch
+
+    from fomm_lessons.perceptual import Vgg19Features
+    from test_perceptual import _assert_features_equal, _images, _torch_features
+
+    state, blob = vgg19_file
+    server, name = vgg19_server
+    path = pretrained.vgg19_weights("torchvision", progress=False)
+    assert path == str(cache / "vgg19" / name.replace(".pth", ".keras.npz"))
+    assert "converting" in capsys.readouterr().err and (cache / "vgg19" / name).read_bytes() == blob
+    assert 0.1 < os.path.getsize(path) / len(blob) <= 1  # the 13 convolutions only
+    model = Vgg19Features(weights=path)
+    assert model.preprocessing == "torch"
+    assert model.weights_source.startswith(f"torchvision's ImageNet VGG19 ({name}, sha256 {_sha256(blob)})")
+    images = _images(size=32)
+    _assert_features_equal(model(images), _torch_features(torch, state, images))
+    requests = len(server.requests)
+    assert pretrained.vgg19_weights("auto", progress=False) == path and len(server.requests) == requests
+    assert "converting" not in capsys.readouterr().err
+    assert pretrained.vgg19_weights("random") == "random" and pretrained.vgg19_weights("imagenet") == "imagenet"
+    # A file whose sha256 does not start as its name says is refused and set aside.
+    monkeypatch.setattr(pretrained, "TORCHVISION_VGG19_URL", server.url("/models/vgg19-00000000.pth"))
+    with pytest.raises(download.DownloadError) as refused:
+        pretrained.vgg19_weights("torchvision", progress=False)
+    message = str(refused.value)
+    assert message.startswith("--vgg torchvision: could not fetch torchvision's VGG19 (vgg19-00000000.pth)")
+    assert f"sha256 {_sha256(blob)}, expected 00000000..." in message and "--vgg random" in message
+    assert (cache / "vgg19" / "vgg19-00000000.pth.rejected-1").read_bytes() == blob
+    assert not (cache / "vgg19" / "vgg19-00000000.keras.npz").exists()
+
+
+def test_train_says_which_vgg19_it_uses_and_a_failed_download_stops_it_in_one_line(
+        vgg19_server, tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from fomm_lessons.data.sample import make_sample_dataset
+    from fomm_lessons.training import Trainer
+    from test_training import PLAIN
+
+    server, name = vgg19_server
+    data = tmp_path / "data"
+    make_sample_dataset(data, size=64, seed=0)
+    config = tmp_path / "plain.yaml"
+    config.write_text(yaml.safe_dump({**PLAIN, "dataset_params": {**PLAIN["dataset_params"], "root_dir": str(data)}}))
+    monkeypatch.setattr(Trainer, "fit", lambda self, frames, steps=None: None)  # what is logged before a step
+    base = ["train", "--config", config, "--data", data, "--steps", "1"]
+    offline = _closed_port_url(f"/models/{name}")
+    with monkeypatch.context() as patch:
+        patch.setattr(pretrained, "TORCHVISION_VGG19_URL", offline)
+        for choice in (["--vgg", "torchvision"], []):  # [] is --vgg auto
+            status, _, err = _run_cli(base + ["--out", tmp_path / "offline", *choice], capsys)
+            _assert_one_line_error(status, err, "train", f"--vgg {choice[1] if choice else 'auto'}: ", offline,
+                                   "Connection refused", "--vgg imagenet", "--vgg random")
+            assert not (tmp_path / "offline").exists()  # stopped before the run folder was made
+    status, out, err = _run_cli(base + ["--out", tmp_path / "run", "--vgg", "torchvision"], capsys)
+    assert status == 0, err
+    used = f"torchvision's ImageNet VGG19 ({name}, sha256 "
+    assert f"VGG19 weights for the perceptual loss: {used}" in out
+    assert f"VGG19 weights {used}" in (tmp_path / "run" / "train.log").read_text()

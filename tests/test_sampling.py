@@ -276,13 +276,25 @@ def test_non_finite_coordinates_give_nan_not_an_error():
     assert np.isnan(out[0]) and np.isnan(out[1]) and out[2] == 1.0
 
 
-def test_the_moved_classes_are_still_importable_from_sampling():
-    """``fomm_lessons.sampling`` re-exports what moved to ``pyramid`` and ``tps``."""
-    from fomm_lessons import pyramid, sampling, tps
-    from fomm_lessons.sampling import ThinPlateSplineTransform
+MOVED = ("ThinPlateSplineTransform", "AntiAliasDownsample", "ImagePyramid", "gaussian_kernel_1d")
 
-    assert ThinPlateSplineTransform is tps.ThinPlateSplineTransform
-    for name in ("AntiAliasDownsample", "ImagePyramid", "gaussian_kernel_1d"):
-        assert getattr(sampling, name) is getattr(pyramid, name)
-    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
-        sampling.nothing_here
+
+def test_the_pyramid_and_the_spline_have_one_home_each():
+    """``sampling`` no longer re-exports them, and nothing imports them from it."""
+    import json
+    import re
+    from pathlib import Path
+
+    from fomm_lessons import sampling
+
+    for name in MOVED:
+        assert not hasattr(sampling, name), f"fomm_lessons.sampling still has {name}"
+    root = Path(__file__).resolve().parents[1]
+    pattern = re.compile(r"from fomm_lessons\.sampling import (?:\(([^)]*)\)|(.*))")
+    texts = {p: p.read_text() for folder in ("fomm_lessons", "tests") for p in (root / folder).rglob("*.py")}
+    for p in (root / "book").glob("*.ipynb"):
+        cells = json.loads(p.read_text())["cells"]
+        texts[p] = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    found = [f"{p.relative_to(root)}: {name}" for p, text in texts.items()
+             for names in pattern.findall(text) for name in MOVED if re.search(rf"\b{name}\b", "".join(names))]
+    assert not found, f"imported from fomm_lessons.sampling instead of pyramid/tps: {found}"
