@@ -181,6 +181,7 @@ class _Tally:
 
     def __init__(self):
         self.l1, self.epe, self.zeroth, self.occlusion, self.shown = [], [], [], [], []
+        self.epe_figure = []
         self.counts, self.kp, self.kp_parts = 0, [], []
 
 
@@ -196,6 +197,8 @@ def _run_video(video, truths, models, tally, batch_size, num_parts):
                                  for d, g in zip(out["deformation"], truths)]))
     tally.zeroth.append(np.nanmean([end_point_error(d, g["flow"], g["shown"])[0]
                                     for d, g in zip(zeroth, truths)]))
+    tally.epe_figure.append(np.nanmean([end_point_error(d, g["flow"], g["shown"] & (g["parts_driving"] > 0))[0]
+                                        for d, g in zip(out["deformation"], truths)]))
     shown = np.stack([g["shown"] for g in truths])  # (T, H, W)
     parts = np.stack([g["parts_driving"] for g in truths])  # (T, H, W)
     if "occlusion_map" in out:
@@ -206,13 +209,17 @@ def _run_video(video, truths, models, tally, batch_size, num_parts):
     tally.kp_parts.append(parts_under(kp["value"], parts))
 
 
-def _summary(tally, no_motion, zero_flow, part_names, height, width, parts_centres_px):
+def _summary(tally, no_motion, zero_flow, zero_flow_figure, part_names, height, width, parts_centres_px):
     l1, epe, zeroth = float(np.mean(tally.l1)), float(np.mean(tally.epe)), float(np.mean(tally.zeroth))
+    epe_figure = float(np.nanmean(tally.epe_figure))
     spread = float(np.mean([keypoint_spread(kp, height, width) for kp in tally.kp]))
     return {
         "reconstruction": {"l1": l1, "l1_no_motion": no_motion, "ratio": l1 / no_motion},
         "motion": {"epe_px": epe, "epe_zero_flow_px": zero_flow, "epe_zeroth_order_px": zeroth,
-                   "ratio_zero_flow": epe / zero_flow, "first_order_gain": 1.0 - epe / zeroth},
+                   "ratio_zero_flow": epe / zero_flow, "first_order_gain": 1.0 - epe / zeroth,
+                   # the same on the figure's shown pixels alone (the background does not move)
+                   "epe_figure_px": epe_figure, "epe_figure_zero_flow_px": zero_flow_figure,
+                   "ratio_figure_zero_flow": epe_figure / zero_flow_figure},
         "occlusion": (occlusion_separation(np.concatenate(tally.occlusion), np.concatenate(tally.shown))
                       if tally.occlusion else None),
         "masks": masks_as_parts(tally.counts, part_names),
@@ -264,7 +271,7 @@ def puppets_quality(root, models, untrained=None, split="test", max_videos=None,
     runs = {"model": (models, _Tally())}
     if untrained is not None:
         runs["untrained"] = (untrained, _Tally())
-    no_motion, zero_flow, centres, frames = [], [], [], 0
+    no_motion, zero_flow, zero_flow_figure, centres, frames = [], [], [], [], 0
     for name in names:
         video, _ = load_frames(f"{root}/{name}")  # (T, H, W, 3)
         height, width = video.shape[1:3]
@@ -272,11 +279,14 @@ def puppets_quality(root, models, untrained=None, split="test", max_videos=None,
         identity = np.asarray(make_coordinate_grid(height, width))
         no_motion.append(float(l1_per_frame(np.repeat(video[:1], len(video), axis=0), video).mean()))
         zero_flow.append(np.nanmean([end_point_error(identity, g["flow"], g["shown"])[0] for g in truths]))
+        zero_flow_figure.append(np.nanmean([end_point_error(identity, g["flow"], g["shown"] & (g["parts_driving"] > 0))[0]
+                                            for g in truths]))
         centres.append(parts_spread(np.stack([g["parts_driving"] for g in truths])))
         frames += len(video)
         for model, tally in runs.values():
             _run_video(video, truths, model, tally, batch_size, len(part_names))
-    baselines = (float(np.mean(no_motion)), float(np.mean(zero_flow)), part_names, height, width,
+    baselines = (float(np.mean(no_motion)), float(np.mean(zero_flow)), float(np.nanmean(zero_flow_figure)),
+                 part_names, height, width,
                  float(np.nanmean(centres)))
     report = {"split": split, "videos": len(names), "frames": frames, "size": [int(height), int(width)],
               "part_names": part_names}
