@@ -6,7 +6,8 @@ that frame (L1 per video, then averaged over videos, as in Table 1). On the
 offline sample dataset, whose motion is known exactly, the dense motion
 T_{S<-D} the generator predicts (Eq. 4-7) is also compared with the true flow
 (end-point error in pixels, where the driving pixel is visible in the source).
-``fomm-lessons reconstruct`` calls :func:`main`.
+``fomm-lessons reconstruct`` calls :func:`main`. The measures of each mechanism
+against the puppets world's ground truth are :mod:`fomm_lessons.measures`'.
 """
 
 import json

@@ -50,6 +50,19 @@ def test_occlusion_separation_means():
     assert result["mean_not_shown"] == pytest.approx(0.2) and result["not_shown_fraction"] == 0.25
 
 
+def test_end_point_error_on_the_pixels_asked_for():
+    from fomm_lessons.sampling import make_coordinate_grid
+
+    identity = np.asarray(make_coordinate_grid(8, 12))
+    truth = identity.copy()
+    truth[:, 6:, 0] += 2 * 3.0 / 11  # the right half moved 3 px
+    where = np.zeros((8, 12), bool)
+    where[:, 4:8] = True  # 4 columns, two of them moved
+    assert evaluate.end_point_error(identity, truth, where) == (pytest.approx(1.5), 1 / 3)
+    with pytest.raises(ValueError, match=r"mask of the flow's shape \(8, 12\), got \(8, 8\)"):
+        evaluate.end_point_error(identity, truth, where[:, :8])
+
+
 def _one_hot(strongest, count):
     return np.eye(count)[strongest] * 0.6 + 0.4 / count  # soft, but the strongest mask is the given one
 
