@@ -192,12 +192,22 @@ def _take(kp, start, stop):
     return {key: value[start:stop] for key, value in kp.items()}
 
 
+def identity_jacobians(kp):
+    """``kp`` with every Jacobian replaced by the identity: the zeroth-order motion T(z) = p_S + z - p_D."""
+    if "jacobian" not in kp:
+        return dict(kp)
+    shape = np.shape(kp["jacobian"])  # (B, K, 2, 2)
+    return {**kp, "jacobian": np.broadcast_to(np.eye(2, dtype=np.float32), shape)}
+
+
 def generate(source_image, kp_driving, models, relative=True, adapt_movement_scale=False, relative_jacobian=True,
-             batch_size=BATCH_SIZE, initial_frame=0, outputs=("prediction",)):
+             batch_size=BATCH_SIZE, initial_frame=0, outputs=("prediction",), first_order=True):
     """The generator's ``outputs`` for every driving keypoint set, batch by batch: yields ``{name: (b, ...)}``.
 
     ``kp_driving``: ``value`` (T, K, 2) and ``jacobian`` (T, K, 2, 2) of the
-    driving frames, made relative to those of frame ``initial_frame``.
+    driving frames, made relative to those of frame ``initial_frame``. With
+    ``first_order=False`` the source's and the driving keypoints' Jacobians
+    are replaced by the identity (Eq. 4 without its first-order term).
     """
     import tensorflow as tf
 
@@ -207,6 +217,8 @@ def generate(source_image, kp_driving, models, relative=True, adapt_movement_sca
         raise ValueError(f"expected an initial frame index in [0, {count}), got {initial_frame}")
     source = tf.constant(source_image[None])  # (1, H, W, 3)
     kp_source = models.kp_detector(source, training=False)
+    if not first_order:
+        kp_source = {key: tf.convert_to_tensor(value) for key, value in identity_jacobians(kp_source).items()}
     kp_initial = _take(kp_driving, initial_frame, initial_frame + 1)
     size = min(int(batch_size), count)
     sources = tf.repeat(source, size, axis=0)  # (b, H, W, 3)
@@ -214,6 +226,8 @@ def generate(source_image, kp_driving, models, relative=True, adapt_movement_sca
         kp_batch = {key: _padded(value[start:stop], size) for key, value in kp_driving.items()}
         kp_norm = normalize_kp(kp_source, kp_batch, kp_initial, adapt_movement_scale=adapt_movement_scale,
                                use_relative_movement=relative, use_relative_jacobian=relative_jacobian)
+        if not first_order:
+            kp_norm = identity_jacobians(kp_norm)
         kp_norm = {key: tf.convert_to_tensor(value, tf.float32) for key, value in kp_norm.items()}
         out = inference(models.generator)(sources, kp_source=kp_source, kp_driving=kp_norm)
         yield {name: np.asarray(out[name])[:stop - start] for name in outputs}
@@ -221,7 +235,7 @@ def generate(source_image, kp_driving, models, relative=True, adapt_movement_sca
 
 def animate(source_image, driving_frames, models, relative=True, adapt_movement_scale=False,
             relative_jacobian=True, batch_size=BATCH_SIZE, initial_frame=0, kp_driving=None,
-            outputs=("prediction",)):
+            outputs=("prediction",), first_order=True):
     """The source image (H, W, 3) moved as ``driving_frames`` (T, H, W, 3) move: (T, H, W, 3) in [0, 1].
 
     Every driving frame is made relative to frame ``initial_frame`` (the
@@ -230,6 +244,7 @@ def animate(source_image, driving_frames, models, relative=True, adapt_movement_
     once). ``relative_jacobian`` applies only with ``relative``, as in the
     original. With other ``outputs`` of the generator (``deformation``,
     ``occlusion_map``, ...) a dict of NumPy arrays is returned instead.
+    ``first_order=False`` runs the zeroth-order motion (identity Jacobians).
     Everything is in memory; :func:`animate_file` streams long videos.
     """
     source_image = np.asarray(source_image, np.float32)
@@ -243,7 +258,7 @@ def animate(source_image, driving_frames, models, relative=True, adapt_movement_
     if kp_driving is None:
         kp_driving = detect_keypoints(models.kp_detector, driving_frames, batch_size)
     parts = list(generate(source_image, kp_driving, models, relative, adapt_movement_scale, relative_jacobian,
-                          batch_size, initial_frame, outputs))
+                          batch_size, initial_frame, outputs, first_order))
     results = {name: np.concatenate([part[name] for part in parts]) for name in outputs}
     return results["prediction"] if tuple(outputs) == ("prediction",) else results
 

@@ -314,15 +314,30 @@ def bench_train_step(argv):
     return 0
 
 
+def _is_puppets(root):
+    try:
+        from fomm_lessons.data.puppets import is_puppets_dataset
+    except ImportError:  # the generator is not in this checkout: its metadata file tells
+        return os.path.isfile(os.path.join(root, "meta", "puppets.json"))
+    return is_puppets_dataset(root)
+
+
 def bench_quality(argv):
-    """Not a timing: the quality report of a model on an offline sample set, as one JSON line per split."""
+    """Not a timing: the quality report of a model, as JSON lines.
+
+    On a puppets dataset, one line with every measure of :func:`fomm_lessons.measures.puppets_quality`
+    (one split, ``--split``); on an offline sample set, one line per split
+    (:func:`fomm_lessons.evaluate.quality`).
+    """
     parser = argparse.ArgumentParser(prog="fomm_lessons.bench quality")
     parser.add_argument("--config", default=None, help="config of the model (default: the named model's)")
     parser.add_argument("--checkpoint", required=True, help="a model name, weights folder, run folder or .pth.tar")
-    parser.add_argument("--data", required=True, help="an offline sample dataset (fomm-lessons data sample)")
+    parser.add_argument("--data", required=True, help="a puppets dataset (fomm-lessons data puppets) or an "
+                                                      "offline sample dataset (fomm-lessons data sample)")
     parser.add_argument("--max-videos", type=int, default=None, help="videos per split at most")
     parser.add_argument("--untrained", action="store_true", help="also the same networks, untrained (seed 0)")
-    parser.add_argument("--frame-step", type=int, default=1, help="every n-th frame for the motion error")
+    parser.add_argument("--frame-step", type=int, default=1, help="every n-th frame for the motion error (sample set)")
+    parser.add_argument("--split", default="test", help="the split of a puppets dataset to measure")
     args = parser.parse_args(argv)
 
     import keras
@@ -341,11 +356,52 @@ def bench_quality(argv):
     if args.untrained:
         keras.utils.set_random_seed(0)
         untrained = build_models(config["model_params"], discriminator=False)
+    where = dict(workload="quality", config=str(config_name), checkpoint=str(args.checkpoint), data=str(args.data))
+    if _is_puppets(args.data):
+        from fomm_lessons.measures import puppets_quality
+
+        report(**where, **puppets_quality(args.data, models, untrained, split=args.split,
+                                          max_videos=args.max_videos))
+        return 0
     result = quality(args.data, models, untrained, max_videos=args.max_videos, frame_step=args.frame_step,
                      frame_shape=frame_shape)
     for split, entry in result.items():
-        report(workload="quality", config=str(config_name), checkpoint=str(args.checkpoint),
-               data=str(args.data), split=split, **entry)
+        report(**where, split=split, **entry)
+    return 0
+
+
+def bench_collapse(argv):
+    """Not a timing: signs of collapse without ground truth (:func:`fomm_lessons.measures.collapse_measures`),
+    one JSON line per split, for the model and, with ``--untrained``, the same networks untrained."""
+    parser = argparse.ArgumentParser(prog="fomm_lessons.bench collapse")
+    parser.add_argument("--config", default=None, help="config of the model (default: the named model's)")
+    parser.add_argument("--checkpoint", required=True, help="a model name, weights folder, run folder or .pth.tar")
+    parser.add_argument("--data", required=True, help="a dataset in the FOMM layout (train/ and test/)")
+    parser.add_argument("--splits", nargs="+", default=["test"], help="splits to measure")
+    parser.add_argument("--max-videos", type=int, default=None, help="videos per split at most")
+    parser.add_argument("--untrained", action="store_true", help="also the same networks, untrained (seed 0)")
+    args = parser.parse_args(argv)
+
+    import keras
+
+    from fomm_lessons.checkpoint import build_models, load_checkpoint
+    from fomm_lessons.config import load_config
+    from fomm_lessons.measures import collapse_measures
+
+    from fomm_lessons import pretrained
+
+    checkpoint, config_name = pretrained.resolve(args.checkpoint, args.config)
+    config = load_config(config_name)
+    frame_shape = tuple(config.get("dataset_params", {}).get("frame_shape", (64, 64, 3)))
+    runs = {"model": load_checkpoint(checkpoint, config["model_params"], f"the config {config_name}")}
+    if args.untrained:
+        keras.utils.set_random_seed(0)
+        runs["untrained"] = build_models(config["model_params"], discriminator=False)
+    for split in args.splits:
+        for which, models in runs.items():
+            report(workload="collapse", config=str(config_name), checkpoint=str(args.checkpoint),
+                   data=str(args.data), networks=which,
+                   **collapse_measures(args.data, models, split, args.max_videos, frame_shape))
     return 0
 
 
@@ -357,7 +413,7 @@ def bench_gpu_suite(argv):
 
 WORKLOADS = {"sampler": bench_sampler, "train-step": bench_train_step, "animate": bench_animate,
              "animate-video": bench_animate_video, "data": bench_data, "quality": bench_quality,
-             "gpu-suite": bench_gpu_suite}
+             "collapse": bench_collapse, "gpu-suite": bench_gpu_suite}
 
 
 def main(argv=None):

@@ -21,6 +21,16 @@ def _cmd_data_sample(args):
     return 0
 
 
+def _cmd_data_puppets(args):
+    from fomm_lessons.data import puppets
+
+    puppets.make_puppets_dataset(args.out, size=args.size, identities=args.identities,
+                                 videos_per_identity=args.videos_per_identity,
+                                 test_identities=args.test_identities, num_frames=args.frames,
+                                 seed=args.seed)
+    return 0
+
+
 def _cmd_data_voxceleb(args):
     from fomm_lessons.data import voxceleb
 
@@ -106,6 +116,18 @@ def build_parser():
     sample.add_argument("--identities", choices=("faces", "extended"), default="faces",
                         help="photographs used: the 3+1 faces of the chapters, or 8 training images")
     sample.set_defaults(func=_cmd_data_sample)
+
+    puppet = data_commands.add_parser(
+        "puppets", help="procedural jointed figures with their true motion, occlusion and parts")
+    puppet.add_argument("--out", required=True, help="folder to write the dataset to")
+    puppet.add_argument("--size", type=int, default=64, choices=(64, 128, 256), help="frame size")
+    puppet.add_argument("--identities", type=int, default=300, help="training identities")
+    puppet.add_argument("--test-identities", type=int, default=16,
+                        help="test identities (never in the training split)")
+    puppet.add_argument("--videos-per-identity", type=int, default=1, help="videos of each identity")
+    puppet.add_argument("--frames", type=int, default=24, help="frames per video")
+    puppet.add_argument("--seed", type=int, default=0, help="random seed (another seed: other motions)")
+    puppet.set_defaults(func=_cmd_data_puppets)
 
     vox = data_commands.add_parser("voxceleb", help="a real VoxCeleb2 subset (downloads)")
     vox.add_argument("--out", required=True, help="folder to write the dataset to")

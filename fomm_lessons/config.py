@@ -26,7 +26,7 @@ import yaml
 __all__ = ["BUILTIN_CONFIGS", "COMMAND_NEEDS", "ConfigError", "available_configs", "builtin_config_path",
            "load_config", "validate_config"]
 
-BUILTIN_CONFIGS = ("vox-256", "vox-adv-256", "cpu-64", "sample-64")
+BUILTIN_CONFIGS = ("vox-256", "vox-adv-256", "cpu-64", "sample-64", "puppets-64")
 SECTIONS = ("dataset_params", "model_params", "train_params", "reconstruction_params",
             "animate_params", "visualizer_params")
 
@@ -359,8 +359,14 @@ def _check_train(check, train, model, frame_shape):
 
     weights = check.section(train, "loss_weights", where)
     where += "loss_weights."
-    for key in ("generator_gan", "discriminator_gan", "equivariance_value", "equivariance_jacobian"):
+    for key in ("generator_gan", "discriminator_gan", "equivariance_value", "equivariance_jacobian",
+                "keypoint_separation"):
         check.number(weights, key, where, required=False)
+    pixel = check.numbers(weights, "pixel", where, required=False) or []
+    if len(pixel) > len(scales):
+        check.fail(where, "pixel", f"at most one weight per pyramid scale ({len(scales)})", pixel)
+    if weights.get("keypoint_separation"):
+        check.number(train, "separation_sigma", "train_params.", low_open=True)
     perceptual = check.numbers(weights, "perceptual", where, required=False) or []
     if len(perceptual) > 5:
         check.fail(where, "perceptual", "at most 5 weights (relu1_1 ... relu5_1 of VGG19)", perceptual)

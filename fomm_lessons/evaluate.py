@@ -6,7 +6,8 @@ that frame (L1 per video, then averaged over videos, as in Table 1). On the
 offline sample dataset, whose motion is known exactly, the dense motion
 T_{S<-D} the generator predicts (Eq. 4-7) is also compared with the true flow
 (end-point error in pixels, where the driving pixel is visible in the source).
-``fomm-lessons reconstruct`` calls :func:`main`.
+``fomm-lessons reconstruct`` calls :func:`main`. The measures of each mechanism
+against the puppets world's ground truth are :mod:`fomm_lessons.measures`'.
 """
 
 import json
@@ -30,9 +31,14 @@ def l1_per_frame(predicted, target):
     return np.abs(predicted - target).reshape(len(target), -1).mean(axis=1)
 
 
-def reconstruct(video, models, batch_size=BATCH_SIZE, outputs=("prediction",)):
-    """Every frame of ``video`` (T, H, W, 3) rebuilt from its first frame with absolute keypoints."""
-    return animate(video[0], video, models, relative=False, batch_size=batch_size, outputs=outputs)
+def reconstruct(video, models, batch_size=BATCH_SIZE, outputs=("prediction",), kp_driving=None, first_order=True):
+    """Every frame of ``video`` (T, H, W, 3) rebuilt from its first frame with absolute keypoints.
+
+    ``kp_driving``: the frames' keypoints when already detected; ``first_order=False``
+    replaces every Jacobian by the identity (the zeroth-order motion).
+    """
+    return animate(video[0], video, models, relative=False, batch_size=batch_size, outputs=outputs,
+                   kp_driving=kp_driving, first_order=first_order)
 
 
 def list_test_videos(root, frame_shape, split="test"):
@@ -143,18 +149,22 @@ def area_scale(deformation, radius=None):
     return float(det[inside].mean())
 
 
-def end_point_error(deformation, ground_truth):
+def end_point_error(deformation, ground_truth, where=None):
     """Mean end-point error in pixels of a deformation (h, w, 2) against the true flow (H, W, 2) where visible.
 
     Both are grids of (x, y) in [-1, 1] with -1/+1 at corner pixel centres, so
-    one unit of x is (W - 1) / 2 pixels. Returns (EPE, visible fraction).
+    one unit of x is (W - 1) / 2 pixels. ``where`` (H, W) bool: the pixels to
+    average over (default: those the flow takes inside the source frame).
+    Returns (EPE, fraction of pixels averaged over).
     """
     ground_truth = np.asarray(ground_truth, np.float64)
     height, width = ground_truth.shape[:2]
     predicted = resize_deformation(deformation, height, width).astype(np.float64)
     pixels = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
     error = np.linalg.norm((predicted - ground_truth) * pixels, axis=-1)  # (H, W)
-    visible = visible_mask(ground_truth)
+    visible = visible_mask(ground_truth) if where is None else np.asarray(where, bool)
+    if visible.shape != error.shape:
+        raise ValueError(f"expected a mask of the flow's shape {error.shape}, got {visible.shape}")
     if not visible.any():
         return float("nan"), 0.0
     return float(error[visible].mean()), float(visible.mean())

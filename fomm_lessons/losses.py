@@ -82,6 +82,33 @@ def equivariance_jacobian_loss(kp_driving, kp_transformed, transform, weight):
     return weight * tf.reduce_mean(tf.abs(tf.eye(2, dtype=value.dtype) - value))
 
 
+def pixel_pyramid_loss(pyramid_generated, pyramid_real, weights):
+    """An ablation of this project, not the paper's: L1 between the image pyramids, a weight per scale.
+
+    The cheap stand-in for the perceptual loss where no trained VGG19 can be had;
+    ``weights`` follow the order of the pyramid's scales (``train_params["scales"]``).
+    """
+    total = 0.0
+    for weight, scale in zip(weights, pyramid_real):
+        if weight != 0:
+            total += weight * tf.reduce_mean(tf.abs(pyramid_generated[scale] - pyramid_real[scale]))
+    return total
+
+
+def keypoint_separation_loss(kp_value, sigma, weight):
+    """An ablation from the unsupervised-landmark literature (Zhang et al. 2018), not in FOMM.
+
+    ``weight * sum_{i != j} exp(-|k_i - k_j|^2 / (2 sigma^2))``, averaged over the
+    batch, for keypoints ``kp_value`` (B, K, 2): it pushes keypoints apart when
+    they come closer than about ``sigma`` (in [-1, 1] units).
+    """
+    offsets = kp_value[:, :, None, :] - kp_value[:, None, :, :]  # (B, K, K, 2)
+    closeness = tf.exp(-tf.reduce_sum(tf.square(offsets), axis=-1) / (2.0 * sigma ** 2))  # (B, K, K)
+    num_kp = tf.cast(tf.shape(kp_value)[1], closeness.dtype)
+    off_diagonal = tf.reduce_sum(closeness, axis=[1, 2]) - num_kp  # the diagonal is exp(0) = 1
+    return weight * tf.reduce_mean(off_diagonal)
+
+
 def _stop(kp):
     return {key: tf.stop_gradient(value) for key, value in kp.items()}
 
@@ -111,14 +138,23 @@ def generator_losses(models, source, driving, train_params, pyramid, vgg=None, t
     losses = {}
 
     perceptual_weights = _weights_list(weights.get("perceptual", 0))
+    pixel_weights = _weights_list(weights.get("pixel", 0))
     gan_weight = weights.get("generator_gan", 0)
-    if sum(perceptual_weights) != 0 or gan_weight != 0:
+    if sum(perceptual_weights) != 0 or sum(pixel_weights) != 0 or gan_weight != 0:
         pyramid_real = pyramid(driving)
         pyramid_generated = pyramid(prediction)
     if sum(perceptual_weights) != 0:
         if vgg is None:
             raise ValueError("perceptual loss weights are not all 0, but no vgg feature extractor was given")
         losses["perceptual"] = perceptual_loss(vgg, pyramid_generated, pyramid_real, perceptual_weights)
+    if sum(pixel_weights) != 0:
+        losses["pixel"] = pixel_pyramid_loss(pyramid_generated, pyramid_real, pixel_weights)
+    separation_weight = weights.get("keypoint_separation", 0)
+    if separation_weight != 0:
+        sigma = train_params.get("separation_sigma", 0.1)
+        values = tf.concat([kp_source["value"], kp_driving["value"]], axis=0)
+        losses["keypoint_separation"] = keypoint_separation_loss(tf.cast(values, tf.float32), sigma,
+                                                                 separation_weight)
 
     if gan_weight != 0:
         scales = [float(s) for s in models.discriminator.scales]

@@ -115,6 +115,13 @@ register(Entry(
     licence="MIT (this project); the training photographs are public domain or CC0 "
             "(fomm_lessons.data.sample.SOURCES)"))
 register(Entry(
+    "puppets-64", config="puppets-64", shipped="puppets-64",
+    summary="a First Order Motion Model trained by this project on the procedural puppets world, 64x64",
+    trained_on=("the puppets world: 400 jointed figures (torso, head, two arms; blinking eyes, a mouth that "
+                "opens) with their true motion, occlusion and parts (fomm-lessons data puppets --size 64 "
+                "--identities 400 --seed 0); tested on unseen figures and motions (--seed 1)"),
+    licence="MIT (this project); the training data is procedural, made by this project's code"))
+register(Entry(
     "vox-256", config="vox-256", filename="vox-cpk.pth.tar",
     summary="the authors' published VoxCeleb model without the adversarial loss (vox-cpk.pth.tar), 256x256",
     trained_on=_VOX_TRAINED_ON, licence=_VOX_LICENCE, quality=_VOX_QUALITY,

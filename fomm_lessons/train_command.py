@@ -96,6 +96,9 @@ def main(args):
 def _train(args, trainer, frames, out, note):
     """The run of :func:`main` once its folder is locked and its trainer built."""
     print(f"VGG19 weights for the perceptual loss: {trainer.vgg_description}")
+    precision = "float32" if trainer.precision == "off" else f"mixed {trainer.precision}"
+    print(f"compute precision: {precision} ({trainer.precision_reason})")
+    note(f"compute precision: {precision} ({trainer.precision_reason})")
     if args.resume:
         restored = trainer.restore()
         for path, problem in trainer.skipped:

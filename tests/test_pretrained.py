@@ -213,7 +213,7 @@ def _assert_one_line_error(status, err, command, *fragments):
 # ---------------------------------------------------------------------------
 
 def test_registry_describes_each_model():
-    assert pretrained.names()[:3] == ["sample-64", "vox-256", "vox-adv-256"]
+    assert pretrained.names()[:4] == ["sample-64", "puppets-64", "vox-256", "vox-adv-256"]
     sample = pretrained.info("sample-64")
     folder = Path(sample["folder"])
     assert sample["kind"] == "shipped" and sample["verified"] and sample["config"] == "sample-64"
@@ -620,3 +620,26 @@ def test_train_says_which_vgg19_it_uses_and_a_failed_download_stops_it_in_one_li
     used = f"torchvision's ImageNet VGG19 ({name}, sha256 "
     assert f"VGG19 weights for the perceptual loss: {used}" in out
     assert f"VGG19 weights {used}" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_float16_weight_files_load_as_float32_within_half_precision(tmp_path):
+    import keras
+    import numpy as np
+
+    from fomm_lessons.checkpoint import build_models
+    from fomm_lessons.config import load_config
+
+    keras.utils.set_random_seed(3)
+    models = build_models(load_config("cpu-64")["model_params"], discriminator=False)
+    full = tmp_path / "kp_detector.weights.h5"
+    models.kp_detector.save_weights(full)
+    before = [w.numpy() for w in models.kp_detector.weights]
+    half = pretrained.write_float16_weights(full, tmp_path / "half.weights.h5")
+    assert half.stat().st_size < 0.7 * full.stat().st_size  # small arrays: h5 metadata stays
+    for w in models.kp_detector.weights:
+        w.assign(np.zeros(w.shape, w.dtype))
+    models.kp_detector.load_weights(half)
+    for old, new in zip(before, [w.numpy() for w in models.kp_detector.weights]):
+        assert new.dtype == np.float32
+        np.testing.assert_allclose(new, old.astype(np.float16).astype(np.float32), rtol=0, atol=0)
+        assert np.abs(new - old).max() <= 2.0 ** -11 * max(np.abs(old).max(), 1e-6)

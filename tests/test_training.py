@@ -451,3 +451,39 @@ def test_a_full_disk_ends_in_one_line_and_keeps_the_last_checkpoint(frames, tmp_
     assert sorted(os.listdir(after / "models")) == ["discriminator.weights.h5", "generator.weights.h5",
                                                     "kp_detector.weights.h5"]
 
+
+
+def test_auto_precision_on_a_cpu_takes_bfloat16_only_where_native_and_measured_faster(tmp_path):
+    from fomm_lessons.training import bfloat16_speedup, cpu_native_bfloat16, device_defaults
+
+    plain, amx = tmp_path / "plain", tmp_path / "amx"
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    amx.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    assert cpu_native_bfloat16(str(plain)) == [] and cpu_native_bfloat16(str(amx)) == ["amx_bf16", "avx512_bf16"]
+    assert cpu_native_bfloat16(str(tmp_path / "missing")) == []
+
+    def never():
+        raise AssertionError("no probe where bfloat16 is emulated")
+
+    xla, precision, why = device_defaults(cpu_probe=never, cpuinfo=str(plain))
+    assert (xla, precision) == (False, "off") and "without native bfloat16" in why
+    assert device_defaults(cpu_probe=lambda: 1.8, cpuinfo=str(amx))[1] == "bfloat16"
+    _, precision, why = device_defaults(cpu_probe=lambda: 0.9, cpuinfo=str(amx))
+    assert precision == "off" and "0.90x" in why
+    assert 0.0 < bfloat16_speedup(repeats=1) < 100.0
+
+
+def test_collapse_monitors_measure_spread_and_masks_in_use():
+    from fomm_lessons.training import collapse_monitors
+
+    kp = np.array([[[0.0, 0.0], [0.5, 0.0], [-0.5, 0.0], [0.0, 0.5]]], np.float32)  # centroid (0, 0.125)
+    expected = np.mean(np.linalg.norm(kp[0] - kp[0].mean(0), axis=-1)) / 2
+    mask = np.zeros((1, 10, 10, 5), np.float32)
+    mask[..., 0] = 1.0  # the background mask wins everywhere ...
+    mask[0, :3, :, 0], mask[0, :3, :, 2] = 0.0, 1.0  # ... but on 30% of the pixels, where mask 2 wins
+    mask[0, 9, 9, 0], mask[0, 9, 9, 4] = 0.0, 1.0  # mask 4 wins 1% of the pixels: not in use
+    monitors = collapse_monitors({"kp_driving": {"value": tf.constant(kp)}, "mask": tf.constant(mask)})
+    np.testing.assert_allclose(float(monitors["kp_spread"]), expected, rtol=1e-6)
+    assert float(monitors["masks_in_use"]) == 2.0
+    same = collapse_monitors({"kp_driving": {"value": tf.constant(np.zeros((2, 5, 2), np.float32))}})
+    assert float(same["kp_spread"]) == 0.0 and "masks_in_use" not in same

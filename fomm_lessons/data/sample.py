@@ -211,9 +211,9 @@ def make_sample_dataset(out, size=64, seed=0, num_frames=24, videos_per_identity
     if num_frames < 2:
         raise ValueError(f"expected at least 2 frames per video, got {num_frames}")
     out = os.fspath(out)
-    _check_ours(out)
+    check_ours(out)
     if overwrite:
-        _remove_earlier(out)
+        remove_earlier(out)
     meta = {"format": FORMAT, "size": size, "seed": int(seed), "num_frames": int(num_frames),
             "sigma_affine": sigma_affine, "sigma_tps": sigma_tps, "points_tps": points_tps,
             "keyframe_every": keyframe_every, "identity_set": identities,
@@ -242,21 +242,26 @@ def make_sample_dataset(out, size=64, seed=0, num_frames=24, videos_per_identity
     return out
 
 
-def _earlier_meta(out):
-    """The metadata of a sample dataset written to ``out`` before, or None."""
+def _earlier_meta(out, meta_file=META_FILE, format=FORMAT):
+    """The metadata of a dataset of ``format`` written to ``out`` before, or None."""
     try:
-        with open(os.path.join(out, META_FILE)) as f:
+        with open(os.path.join(out, meta_file)) as f:
             meta = json.load(f)
     except (OSError, ValueError):
         return None
-    return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
+    return meta if isinstance(meta, dict) and meta.get("format") == format else None
 
 
-def _our_paths(out):
-    """(video folders, files) that an earlier run wrote to ``out``, by its metadata."""
-    meta = _earlier_meta(out)
+def _our_paths(out, meta_file=META_FILE, format=FORMAT, extra=None):
+    """(video folders, files) that an earlier run wrote to ``out``, by its metadata.
+
+    ``extra(out, meta)`` names further files that run wrote (a set of paths).
+    """
+    meta = _earlier_meta(out, meta_file, format)
     videos = {os.path.normpath(os.path.join(out, v)) for v in meta["videos"]} if meta else set()
-    files = {os.path.normpath(os.path.join(out, META_FILE))} if meta else set()
+    files = {os.path.normpath(os.path.join(out, meta_file))} if meta else set()
+    if meta and extra is not None:
+        files.update(extra(out, meta))
     for video in videos:  # a PNG folder of frames (or, written by hand, one file)
         if os.path.isdir(video):
             files.update(os.path.join(video, f) for f in os.listdir(video) if _is_frame_name(f))
@@ -270,23 +275,29 @@ def _is_frame_name(name):
     return dot == "." and ext == "png" and stem.isdigit()
 
 
-def _check_ours(out):
-    """Refuses an ``out`` whose train/, test/ or meta/ hold files this module did not write."""
-    _, ours = _our_paths(out)
+def check_ours(out, meta_file=META_FILE, format=FORMAT, command="fomm-lessons data sample", extra=None):
+    """Refuses an ``out`` whose train/, test/ or meta/ hold files ``command`` did not write."""
+    _, ours = _our_paths(out, meta_file, format, extra)
     for part in ("train", "test", "meta"):
         for folder, _, files in os.walk(os.path.join(out, part)):
             other = [f for f in files if os.path.normpath(os.path.join(folder, f)) not in ours]
             if other:
-                raise ValueError(f"{os.path.join(folder, other[0])} was not written by `fomm-lessons "
-                                 f"data sample`; expected a new folder or one it made, got --out {out}")
+                raise ValueError(f"{os.path.join(folder, other[0])} was not written by `{command}`; "
+                                 f"expected a new folder or one it made, got --out {out}")
 
 
-def _remove_earlier(out):
+def remove_earlier(out, meta_file=META_FILE, format=FORMAT, extra=None):
     """Deletes the videos and metadata an earlier run wrote to ``out`` (nothing else)."""
-    videos, files = _our_paths(out)
+    videos, files = _our_paths(out, meta_file, format, extra)
     for path in files:
         os.remove(path)
-    for folder in [*videos, *(os.path.join(out, part) for part in ("train", "test", "meta"))]:
+    folders = set()
+    for path in files:  # every folder between a file and ``out``, deepest first below
+        folder = os.path.dirname(path)
+        while folder not in folders and os.path.normpath(folder) != os.path.normpath(out) and folder:
+            folders.add(folder)
+            folder = os.path.dirname(folder)
+    for folder in sorted(folders | videos, key=len, reverse=True):
         try:
             os.rmdir(folder)
         except OSError:  # missing, a file, or holds something else
