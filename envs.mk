@@ -22,7 +22,8 @@ ENV_TRAINING := $(addprefix tests/test_training.py::test_,learning_rate_schedule
 	resume_continues_exactly nan_weights_or_losses_stop_training_and_keep_the_last_good_checkpoint \
 	mixed_precision_step_gives_finite_float32_losses the_seed_sets_the_initial_weights)
 ENV_TESTS ?= tests/test_blocks.py tests/test_networks.py $(ENV_TRAINING) \
-	tests/test_data_frames.py tests/test_package.py tests/test_book.py
+	tests/test_data_frames.py tests/test_package.py tests/test_book.py \
+	tests/test_puppets64.py::test_loads_by_name_offline_in_a_fresh_process
 # The Colab-like environment has the same TensorFlow and Keras as .venv/ (the newest), so the training
 # tests would repeat test-unit's there; its chapters train, stop, resume and compare weights instead.
 COLAB_TESTS ?= $(filter-out $(ENV_TRAINING),$(ENV_TESTS))

@@ -57,13 +57,20 @@ def test_the_shipped_model_passes_and_untrained_networks_fail(report, name):
 
 
 def test_loads_by_name_offline_in_a_fresh_process():
-    code = ("from fomm_lessons import pretrained; m, c = pretrained.load('puppets-64'); "
-            "print(c['model_params']['common_params']['num_kp'], m.discriminator is None)")
+    # The weights loaded (float16 files into float32 variables) must be the files' numbers: every array
+    # of the file, read by h5py alone, against every weight of the network, by their sorted sums.
+    code = ("import h5py, numpy as np; from fomm_lessons import pretrained; m, c = pretrained.load('puppets-64'); "
+            "arrays = []; f = h5py.File(pretrained.shipped_folder('puppets-64') / 'kp_detector.weights.h5'); "
+            "f.visititems(lambda n, o: arrays.append(o[()]) if isinstance(o, h5py.Dataset) else None); "
+            "a = sorted(float(np.sum(x, dtype=np.float64)) for x in arrays if x.dtype == np.float16); "
+            "b = sorted(float(np.sum(w.numpy(), dtype=np.float64)) for w in m.kp_detector.weights); "
+            "print(c['model_params']['common_params']['num_kp'], m.discriminator is None, len(a), a == b)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "TF_CPP_MIN_LOG_LEVEL": "2",
                                "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"})
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["5", "True"]
+    num_kp, no_discriminator, arrays, same = done.stdout.split()
+    assert (num_kp, no_discriminator, same) == ("5", "True", "True") and int(arrays) > 50
 
 
 def test_the_card_reports_the_shipped_numbers_and_goals():
