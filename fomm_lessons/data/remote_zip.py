@@ -328,6 +328,50 @@ def inflate(member, compressed):
     return data
 
 
+def oversized(member, limit):
+    """Why ``member`` is refused unread (more than ``limit`` bytes, inflated or not), or None."""
+    if limit is not None and max(member.size, member.compressed_size) > limit:
+        return (f"{member.name}: {member.size} bytes ({member.compressed_size} compressed), more than the "
+                f"{limit} a clip may hold: refused before inflating it")
+    return None
+
+
+def inflate_to(member, compressed, file, limit=None):
+    """Decompress a member's bytes into ``file`` as they come, never past ``member.size``; check its CRC-32.
+
+    ``limit``: the most bytes a member may hold (:func:`oversized`). Returns the number of bytes written.
+    """
+    if oversized(member, limit):
+        raise ValueError(oversized(member, limit))
+    if member.flags & 0x1:
+        raise ValueError(f"{member.name}: encrypted zip members are not supported")
+    if member.method not in (0, 8):
+        raise ValueError(f"{member.name}: compression method {member.method} is not supported "
+                         "(expected 0 stored or 8 deflate)")
+    inflater = zlib.decompressobj(-15) if member.method == 8 else None
+    written, crc, pending = 0, 0, memoryview(compressed)
+    while True:
+        if inflater is None:
+            piece, pending = bytes(pending[:CHUNK_BYTES]), pending[CHUNK_BYTES:]
+        else:  # at most one byte past the announced size: a member that inflates further stops there
+            try:
+                room = min(CHUNK_BYTES, member.size + 1 - written)
+                piece = inflater.decompress(pending, room) if pending else inflater.flush()
+            except zlib.error as error:
+                raise ValueError(f"{member.name}: corrupt deflate data ({error})") from None
+            pending = inflater.unconsumed_tail
+        if not piece:
+            break
+        written, crc = written + len(piece), zlib.crc32(piece, crc)
+        if written > member.size:
+            raise ValueError(f"{member.name}: inflates past the {member.size} bytes its entry announces")
+        file.write(piece)
+    if written != member.size or crc != member.crc32:
+        raise ValueError(f"{member.name}: got {written} bytes with CRC-32 {crc:08x}, "
+                         f"expected {member.size} bytes with CRC-32 {member.crc32:08x}")
+    return written
+
+
 class RemoteZip:
     """A zip file on a web server, read member by member with range requests."""
 
@@ -354,6 +398,13 @@ class RemoteZip:
 
     def read(self, member):
         """The uncompressed bytes of one member: local header and data in one request, mostly."""
+        try:
+            return inflate(member, self._local(member))
+        except ValueError as error:
+            raise BadMemberError(f"{self.url}: {error}") from None
+
+    def _local(self, member):
+        """The compressed bytes of one member, after its local header (one request, mostly)."""
         guess = _LOCAL.size + len(member.name.encode()) + LOCAL_EXTRA_GUESS + member.compressed_size
         first = self.http.read(member.header_offset, min(guess, self.http.size - member.header_offset))
         if first[:4] != b"PK\x03\x04":
@@ -364,8 +415,13 @@ class RemoteZip:
         missing = start + member.compressed_size - len(first)
         if missing > 0:  # a longer extra field than guessed: fetch the rest
             first += self.http.read(member.header_offset + len(first), missing)
-        compressed = first[start:start + member.compressed_size]
+        return first[start:start + member.compressed_size]
+
+    def copy(self, member, file, limit=None):
+        """Inflate one member into ``file`` (:func:`inflate_to`); one larger than ``limit`` is not even fetched."""
+        if oversized(member, limit):
+            raise BadMemberError(f"{self.url}: {oversized(member, limit)}")
         try:
-            return inflate(member, compressed)
+            return inflate_to(member, self._local(member), file)
         except ValueError as error:
             raise BadMemberError(f"{self.url}: {error}") from None
