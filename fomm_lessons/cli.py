@@ -157,6 +157,8 @@ def build_parser():
     animate.add_argument("--driving", required=True, help="driving video (mp4, gif, PNG folder)")
     animate.add_argument("--out", required=True,
                          help="output video (mp4, mov, gif) or a new folder for PNG frames")
+    animate.add_argument("--overwrite", action="store_true",
+                         help="replace an existing --out video file (an input is never replaced)")
     animate.add_argument("--relative", action=argparse.BooleanOptionalAction, default=True,
                          help="relative motion (default) or --absolute keypoints")
     animate.add_argument("--absolute", dest="relative", action="store_false", help="same as --no-relative")
@@ -187,6 +189,8 @@ def build_parser():
     crop.add_argument("--box", default=None, metavar="X,Y,W,H", help="use this box instead of finding the face")
     crop.add_argument("--print-commands", action="store_true",
                       help="print the equivalent ffmpeg commands instead of writing the clips")
+    crop.add_argument("--overwrite", action="store_true",
+                      help="replace an existing --out image file (an input is never replaced)")
     crop.set_defaults(func=_cmd_crop)
 
     reconstruct = commands.add_parser("reconstruct", help="reconstruct the test videos and report L1")

@@ -417,8 +417,8 @@ def test_convert_takes_a_model_name_and_its_config(published, cache, entry, tmp_
         entry([server.url("/ckpt")], sha256=_sha256(blob))
         status, out, err = _run_cli(["convert", "--checkpoint", NAME, "--out", tmp_path / "out"], capsys)
     assert status == 0, err
-    assert sorted(os.listdir(tmp_path / "out")) == ["discriminator.weights.h5", "generator.weights.h5",
-                                                    "kp_detector.weights.h5"]
+    assert sorted(os.listdir(tmp_path / "out")) == [".fomm-lessons-output.json", "discriminator.weights.h5",
+                                                    "generator.weights.h5", "kp_detector.weights.h5"]
     status, _, err = _run_cli(["convert", "--checkpoint", "sample-64", "--out", tmp_path / "x"], capsys)
     _assert_one_line_error(status, err, "convert", "sample-64 ships Keras weights")
 
