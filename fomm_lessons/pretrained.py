@@ -40,6 +40,7 @@ __all__ = ["Entry", "Source", "DownloadError", "names", "info", "load", "fetch",
            "register", "unregister", "cache_dir", "update_digests", "verify_shipped"]
 
 CACHE_ENV = "FOMM_LESSONS_CACHE"
+MIRROR_ENV = "FOMM_LESSONS_MIRROR"  # a URL prefix tried before the registry's sources
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DIGESTS_FILE, QUALITY_FILE, CARD_FILE = "digests.json", "quality.json", "MODEL_CARD.md"
 CONVERTED_MARKER = "converted.json"  # written last in NAME/keras/: the conversion is complete
@@ -150,7 +151,18 @@ def info(name):
 # published files in the cache
 # ---------------------------------------------------------------------------
 
-def _fetch(entry, checkpoint=None, progress=True):
+def mirror_sources(entry, mirror=None):
+    """The copy of ``entry``'s file on a mirror (``mirror``, else ``$FOMM_LESSONS_MIRROR``), tried first:
+    ``MIRROR/FILENAME``, a URL prefix such as ``https://example.org/fomm`` or ``http://127.0.0.1:8000``."""
+    mirror = mirror or os.environ.get(MIRROR_ENV)
+    if not mirror:
+        return ()
+    if not mirror.startswith(("https://", "http://")):
+        raise ValueError(f"{MIRROR_ENV} or --mirror {mirror!r}: expected a URL starting with https:// or http://")
+    return (Source(f"{mirror.rstrip('/')}/{entry.filename}", publisher=f"the mirror {mirror}"),)
+
+
+def _fetch(entry, checkpoint=None, progress=True, mirror=None):
     """``(path, sha256)`` of a checked copy of a published entry's file (see :func:`fetch`)."""
     if checkpoint is not None:
         path = Path(checkpoint)
@@ -165,7 +177,8 @@ def _fetch(entry, checkpoint=None, progress=True):
         return path, sha256
     target = cache_dir() / entry.name / entry.filename
     try:
-        sha256 = fetch_file(target, entry.sources, entry.size, entry.sha256, _TORCH_MAGIC, progress,
+        sha256 = fetch_file(target, mirror_sources(entry, mirror) + entry.sources, entry.size, entry.sha256,
+                            _TORCH_MAGIC, progress,
                             label=f"{entry.name} ({entry.filename})")
     except DownloadError as error:
         raise DownloadError(
@@ -187,7 +200,7 @@ def fetch(name, checkpoint=None, progress=True):
     return _fetch(entry, checkpoint, progress)[0]
 
 
-def converted_folder(name, checkpoint=None, progress=True):
+def converted_folder(name, checkpoint=None, progress=True, mirror=None):
     """The cache folder of a published model in Keras weight files, converted on first use."""
     from fomm_lessons.checkpoint import load_checkpoint, save_models
     from fomm_lessons.config import load_config
@@ -198,7 +211,7 @@ def converted_folder(name, checkpoint=None, progress=True):
     done = _read_json(marker, None)
     if checkpoint is None and done and entry.sha256 in (None, done.get("sha256")):
         return folder
-    path, sha256 = _fetch(entry, checkpoint, progress)
+    path, sha256 = _fetch(entry, checkpoint, progress, mirror)
     print(f"fomm-lessons: converting {path} to Keras weights in {folder} (once)", file=sys.stderr)
     config = load_config(entry.config)
     try:
@@ -293,7 +306,7 @@ def models_main(args):
             raise ValueError(f"{args.name} ships its weights; --checkpoint is only for downloaded models")
         print(verify_shipped(args.name))
     else:
-        print(converted_folder(args.name, args.checkpoint))
+        print(converted_folder(args.name, args.checkpoint, mirror=getattr(args, "mirror", None)))
     return 0
 
 
