@@ -4,7 +4,9 @@
 ``TARGET.part`` with a progress bar and, after a dropped connection, resumes
 with an HTTP ``Range`` request (:class:`fomm_lessons.data.remote_zip.HttpFile`);
 a part left by an earlier run resumes too, when the server reports the same
-size (``TARGET.part.json`` records it). A finished file is checked by its first
+size and the part still has the size and sha256 it had when the run stopped
+(``TARGET.part.json`` records them; a part changed since, or one whose run was
+killed before it could record them, starts again). A finished file is checked by its first
 bytes, size, sha256 and md5, as far as they are known; one that fails is
 renamed to ``TARGET.rejected`` (never used; it replaces an earlier rejected
 copy, so one is kept per file) and the next mirror is tried. A download that
@@ -193,17 +195,31 @@ def _transfer(source, target, expected_size, label, progress, deadline=None):
         previous = _read_json(record)
         if previous is None:  # not a part this program started: keep it, out of the way
             move_aside(part, keep_earlier=True)
-        elif size is None or previous.get("size") != size or part.stat().st_size > size:
-            part.unlink()  # our own part of another file: start again
+        elif (size is None or previous.get("size") != size or part.stat().st_size > size
+              or _part_digest(part) != (previous.get("part_bytes"), previous.get("part_sha256"))):
+            part.unlink()  # our own part of another file, changed since it stopped, or unrecorded: start again
         elif part.stat().st_size == size:  # complete, stopped before its rename
             os.replace(part, target)
             record.unlink()
             return
     record.write_text(json.dumps({"size": size, "url": source.url}) + "\n", encoding="utf-8")
-    with tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=label, disable=not progress,
-              leave=False) as bar:
-        http.download(str(target), progress=bar)
+    try:
+        with tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=label, disable=not progress,
+                  leave=False) as bar:
+            http.download(str(target), progress=bar)
+    except BaseException:  # the part's digest, so that a resume can tell it is what was received
+        if part.exists():
+            part_bytes, part_sha256 = _part_digest(part)
+            record.write_text(json.dumps({"size": size, "url": source.url, "part_bytes": part_bytes,
+                                          "part_sha256": part_sha256}) + "\n", encoding="utf-8")
+        raise
     record.unlink(missing_ok=True)
+
+
+def _part_digest(part):
+    """``(size, sha256)`` of a partial download."""
+    size, digests = file_digest(part)
+    return size, digests["sha256"]
 
 
 def fetch_file(target, sources, size=None, sha256=None, magic=(), progress=True, label=None):

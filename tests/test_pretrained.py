@@ -335,6 +335,24 @@ def test_a_partial_download_is_kept_and_resumed_by_the_next_run(published, cache
     assert server.requests[-1] == ("/ckpt", f"bytes={cut}-") and len(server.requests) == 5
 
 
+def test_a_part_changed_since_its_run_stopped_is_downloaded_again(published, cache, entry, monkeypatch):
+    """No sha256 recorded (as for the published files): the part's own digest guards the resume."""
+    blob = published["blobs"]["legacy"]
+    cut = len(blob) // 2
+    monkeypatch.setattr(download, "RETRIES", 0)
+    with FileServer({"/ckpt": blob}, drops=[cut, 0]) as server:
+        entry([server.url("/ckpt")])
+        with pytest.raises(download.DownloadError):
+            pretrained.fetch(NAME, progress=False)
+        part = cache / NAME / f"{FILENAME}.part"
+        changed = bytearray(part.read_bytes())
+        changed[cut // 2:cut // 2 + 400] = bytes(400)  # 400 bytes inside the tensor data
+        part.write_bytes(bytes(changed))
+        path = pretrained.fetch(NAME, progress=False)
+    assert path.read_bytes() == blob
+    assert server.requests[-1] == ("/ckpt", None)  # from the first byte, not bytes={cut}-
+
+
 def test_a_wrong_checksum_is_refused_moved_aside_and_the_next_mirror_used(published, cache, entry):
     blob = published["blobs"]["zip"]
     bad = bytearray(blob)
