@@ -24,7 +24,9 @@ Two kinds of weights:
   by size and sha256 where recorded (else printed: unverified), read with
   the torch-free reader when PyTorch is absent, and converted once to Keras
   weights in the cache (``NAME/keras/``), so that a second :func:`load` only
-  reads those.
+  reads those; their sizes and sha256 are recorded in ``converted.json`` when
+  written and checked at every load, and files that differ are converted again
+  from the cached ``.pth.tar``.
 """
 
 import argparse
@@ -210,7 +212,10 @@ def converted_folder(name, checkpoint=None, progress=True, mirror=None):
     marker = folder / CONVERTED_MARKER
     done = _read_json(marker, None)
     if checkpoint is None and done and entry.sha256 in (None, done.get("sha256")):
-        return folder
+        problem = _converted_problem(folder, done.get("files"))
+        if problem is None:
+            return folder
+        print(f"fomm-lessons: {problem}: converting again", file=sys.stderr)
     path, sha256 = _fetch(entry, checkpoint, progress, mirror)
     print(f"fomm-lessons: converting {path} to Keras weights in {folder} (once)", file=sys.stderr)
     config = load_config(entry.config)
@@ -222,9 +227,28 @@ def converted_folder(name, checkpoint=None, progress=True, mirror=None):
         raise ValueError(f"{error}; the download is moved to {move_aside(path)}") from None
     folder.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)
-    save_models(models, folder)
-    _write_json(marker, {"name": entry.name, "config": entry.config, "from": str(path), "sha256": sha256})
+    files = {}
+    for written in save_models(models, folder):
+        size, digests = file_digest(written)
+        files[Path(written).name] = {"size": size, "sha256": digests["sha256"]}
+    _write_json(marker, {"name": entry.name, "config": entry.config, "from": str(path), "sha256": sha256,
+                         "files": files})
     return folder
+
+
+def _converted_problem(folder, files):
+    """Why the converted weight files in ``folder`` are not those recorded when written, or None."""
+    if not files:
+        return f"{folder / CONVERTED_MARKER} records no digests (written by an older version)"
+    present = sorted(path.name for path in folder.glob("*.weights.h5"))
+    if present != sorted(files):
+        return f"{folder} holds {present}, expected {sorted(files)}"
+    for filename, want in files.items():
+        size, digests = file_digest(folder / filename)
+        if (size, digests["sha256"]) != (want["size"], want["sha256"]):
+            return (f"{folder / filename} has {size} bytes with sha256 {digests['sha256']}, not the {want['size']} "
+                    f"bytes with sha256 {want['sha256']} written")
+    return None
 
 
 # ---------------------------------------------------------------------------

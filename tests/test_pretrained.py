@@ -353,6 +353,31 @@ def test_a_part_changed_since_its_run_stopped_is_downloaded_again(published, cac
     assert server.requests[-1] == ("/ckpt", None)  # from the first byte, not bytes={cut}-
 
 
+def test_converted_weights_that_changed_are_converted_again_from_the_cached_file(published, cache, entry,
+                                                                                 capsys):
+    blob = published["blobs"]["zip"]
+    keras_folder = cache / NAME / "keras"
+    with FileServer({"/ckpt": blob}) as server:
+        entry([server.url("/ckpt")], sha256=_sha256(blob))
+        status, _, err = _run_cli(["models", "fetch", NAME], capsys)
+        assert status == 0, err
+        written = {path.name: path.read_bytes() for path in keras_folder.glob("*.weights.h5")}
+        requests = len(server.requests)
+        generator = keras_folder / "generator.weights.h5"
+        for damage in ("truncated", "swapped"):
+            if damage == "truncated":
+                generator.write_bytes(written["generator.weights.h5"][:1000])
+            else:
+                generator.write_bytes(written["kp_detector.weights.h5"])
+            status, out, err = _run_cli(["models", "fetch", NAME], capsys)
+            assert status == 0, err
+            assert f"{generator} has" in err and "converting again" in err
+            assert generator.read_bytes() == written["generator.weights.h5"]
+        assert len(server.requests) == requests  # from the cached .pth.tar: nothing downloaded again
+        status, _, err = _run_cli(["models", "fetch", NAME], capsys)
+        assert status == 0 and "converting" not in err
+
+
 def test_a_wrong_checksum_is_refused_moved_aside_and_the_next_mirror_used(published, cache, entry):
     blob = published["blobs"]["zip"]
     bad = bytearray(blob)
