@@ -345,7 +345,10 @@ def main(args):
     config = load_config(args.config)
     frame_shape = config.get("dataset_params", {}).get("frame_shape", [256, 256, 3])
     out = args.out
-    check_output_path(out, folder=is_folder_path(out), audio=args.audio, command="animate")
+    inputs = {"--source": args.source, "--driving": args.driving, "--checkpoint": args.checkpoint,
+              "--config": args.config}
+    check_output_path(out, folder=is_folder_path(out), audio=args.audio, command="animate", inputs=inputs,
+                      overwrite=getattr(args, "overwrite", False))
     if args.best_frame is not None and args.best_frame < 0:
         raise ValueError(f"expected --best-frame of at least 0 (a driving frame's index), got {args.best_frame}")
     source_box, driving_box = _box(args.source_box, "--source-box"), _box(args.driving_box, "--driving-box")

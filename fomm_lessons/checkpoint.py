@@ -317,9 +317,13 @@ def load_checkpoint(path, model_params, config_name="the config"):
 def convert_main(args):
     """``fomm-lessons convert --config CONFIG --checkpoint in.pth.tar --out DIR``."""
     from fomm_lessons.config import load_config
+    from fomm_lessons.data.media import check_output_folder, claim_output_folder
 
+    inputs = {"--checkpoint": args.checkpoint, "--config": args.config}
+    check_output_folder(args.out, "convert", inputs)  # new, empty, or an earlier convert's: never a user's files
     config = load_config(args.config)
     models = load_checkpoint(args.checkpoint, config["model_params"], f"the config {args.config}")
+    claim_output_folder(args.out, "convert", inputs)
     for path in save_models(models, args.out):
         print(path)
     return 0

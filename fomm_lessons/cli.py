@@ -181,6 +181,8 @@ def build_parser():
     animate.add_argument("--driving", required=True, help="driving video (mp4, gif, PNG folder)")
     animate.add_argument("--out", required=True,
                          help="output video (mp4, mov, gif) or a new folder for PNG frames")
+    animate.add_argument("--overwrite", action="store_true",
+                         help="replace an existing --out video file (an input is never replaced)")
     animate.add_argument("--relative", action=argparse.BooleanOptionalAction, default=True,
                          help="relative motion (default) or --absolute keypoints")
     animate.add_argument("--absolute", dest="relative", action="store_false", help="same as --no-relative")
@@ -211,6 +213,8 @@ def build_parser():
     crop.add_argument("--box", default=None, metavar="X,Y,W,H", help="use this box instead of finding the face")
     crop.add_argument("--print-commands", action="store_true",
                       help="print the equivalent ffmpeg commands instead of writing the clips")
+    crop.add_argument("--overwrite", action="store_true",
+                      help="replace an existing --out image file (an input is never replaced)")
     crop.set_defaults(func=_cmd_crop)
 
     reconstruct = commands.add_parser("reconstruct", help="reconstruct the test videos and report L1")
@@ -224,9 +228,17 @@ def build_parser():
     models_commands.add_parser("list", help="the known models, and whether their weights are here")
     models_info = models_commands.add_parser("info", help="one model's card: source, sha256, licence, quality")
     models_info.add_argument("name", help="a model name (fomm-lessons models list)")
-    models_fetch = models_commands.add_parser("fetch", help="download, check and convert a model once")
+    models_fetch = models_commands.add_parser(
+        "fetch", help="download, check and convert a model once",
+        epilog="A download leaves a mirror that keeps under 1 KiB/s for a minute "
+               "(FOMM_LESSONS_DOWNLOAD_MIN_RATE, bytes/s), and gives up after 4 hours for all mirrors "
+               "(FOMM_LESSONS_DOWNLOAD_TIMEOUT_S, seconds). FOMM_LESSONS_MIRROR=URL is tried first by every "
+               "command, as --mirror is here.")
     models_fetch.add_argument("name", help="a model name (fomm-lessons models list)")
     models_fetch.add_argument("--checkpoint", default=None, help="a copy of the published .pth.tar you already have")
+    models_fetch.add_argument("--mirror", default=None, metavar="URL",
+                              help="try URL/FILENAME (e.g. vox-cpk.pth.tar) before the published sources "
+                                   "(default: $FOMM_LESSONS_MIRROR)")
     models.set_defaults(func=_cmd_models)
     return parser
 

@@ -56,7 +56,17 @@ _KNOWN_KEYS = {
                        "pairs_list", "augmentation_params"},
     "augmentation_params": {"flip_param", "jitter_param", "resize_param", "rotation_param",
                             "crop_param"},
+    # the original's train.py reads these (and run.py's checkpoint_freq)
+    "train_params": {"num_epochs", "num_repeats", "epoch_milestones", "lr_generator", "lr_discriminator",
+                     "lr_kp_detector", "batch_size", "scales", "checkpoint_freq", "transform_params",
+                     "loss_weights",
+                     # this project's ablations (fomm_lessons.losses), off unless a config sets them
+                     "separation_sigma"},
+    "loss_weights": {"generator_gan", "discriminator_gan", "feature_matching", "perceptual",
+                     "equivariance_value", "equivariance_jacobian", "pixel", "keypoint_separation"},
+    "transform_params": {"sigma_affine", "sigma_tps", "points_tps"},
 }
+MAX_CONFIG_BYTES = 1 << 20  # the built-in configs hold 2 to 3 kB
 _VGG_POOLS = 4  # relu5_1 of VGG19 sits after 4 max pools, so frames need >= 16 px at every scale
 
 
@@ -104,8 +114,12 @@ def load_config(path_or_name, command=None):
     """
     source = os.fspath(path_or_name)
     if os.path.isfile(source):
+        size = os.path.getsize(source)
+        if size > MAX_CONFIG_BYTES:  # YAML takes ~70x its size in memory (59 MB: 4.2 GB, 153 s)
+            raise ConfigError(f"{source}: {size} bytes, larger than the {MAX_CONFIG_BYTES} a config may "
+                              "hold; expected a FOMM YAML config of a few kB")
         with open(source, encoding="utf-8") as file:
-            text = file.read()
+            text = file.read(MAX_CONFIG_BYTES + 1)
     elif source in BUILTIN_CONFIGS:
         text = builtin_config_path(source).read_text(encoding="utf-8")
     else:
@@ -340,6 +354,7 @@ def _check_train(check, train, model, frame_shape):
     where = "train_params."
     if not isinstance(train, dict):
         check.fail("", "train_params", "a mapping", train)
+    check.known_keys(train, "train_params", "train_params")
     for key in ("num_epochs", "num_repeats", "batch_size"):
         check.integer(train, key, where)
     check.integer(train, "checkpoint_freq", where, required=False)
@@ -358,6 +373,7 @@ def _check_train(check, train, model, frame_shape):
         check.fail(where, "scales", "a non-empty list of pyramid scales in (0, 1]", scales)
 
     weights = check.section(train, "loss_weights", where)
+    check.known_keys(weights, "loss_weights", "train_params.loss_weights")
     where += "loss_weights."
     for key in ("generator_gan", "discriminator_gan", "equivariance_value", "equivariance_jacobian",
                 "keypoint_separation"):
@@ -384,6 +400,7 @@ def _check_train(check, train, model, frame_shape):
                    matching)
     if weights.get("equivariance_value") or weights.get("equivariance_jacobian"):
         transform = check.section(train, "transform_params", "train_params.")
+        check.known_keys(transform, "transform_params", "train_params.transform_params")
         for key in ("sigma_affine", "sigma_tps"):
             check.number(transform, key, "train_params.transform_params.")
         check.integer(transform, "points_tps", "train_params.transform_params.")

@@ -4,10 +4,15 @@
 ``TARGET.part`` with a progress bar and, after a dropped connection, resumes
 with an HTTP ``Range`` request (:class:`fomm_lessons.data.remote_zip.HttpFile`);
 a part left by an earlier run resumes too, when the server reports the same
-size (``TARGET.part.json`` records it). A finished file is checked by its first
+size and the part still has the size and sha256 it had when the run stopped
+(``TARGET.part.json`` records them; a part changed since, or one whose run was
+killed before it could record them, starts again). A finished file is checked by its first
 bytes, size, sha256 and md5, as far as they are known; one that fails is
-renamed to ``TARGET.rejected-N`` (never used, never deleted) and the next
-mirror is tried. When every mirror fails, :class:`DownloadError` names each URL
+renamed to ``TARGET.rejected`` (never used; it replaces an earlier rejected
+copy, so one is kept per file) and the next mirror is tried. A download that
+runs past :data:`DEADLINE_S` or keeps less than :data:`MIN_RATE` bytes/s over
+a minute leaves its mirror (:func:`bounds`: both can be raised by environment
+variables). When every mirror fails, :class:`DownloadError` names each URL
 and why.
 
 A mirror that publishes a checksum of its own (``Source.md5``, ``size`` or
@@ -24,6 +29,7 @@ import os
 import re
 import socket
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -32,6 +38,11 @@ from pathlib import Path
 __all__ = ["Source", "DownloadError", "fetch_file", "check_file", "check_copy", "file_digest", "move_aside"]
 
 RETRIES = 2  # failures in a row without progress on one URL before the next URL
+# Bounds of one file's download over all its mirrors, each raised by an environment variable
+# (remote_zip.DEADLINE_ENV, remote_zip.MIN_RATE_ENV): a mirror that trickles bytes is left.
+DEADLINE_S = 4 * 3600.0  # 228 MB at 16 kB/s
+MIN_RATE = 1024.0  # bytes/s, averaged over RATE_WINDOW_S
+RATE_WINDOW_S = 60.0
 BACKOFF_S = 0.5  # first wait between retries; doubles
 TIMEOUT_S = 30.0
 USER_AGENT = "fomm-lessons/0.1 (model download; Python urllib)"
@@ -133,8 +144,16 @@ def check_copy(path, size=None, sha256=None, sources=(), magic=()):
     return "; ".join(problems), digests, None
 
 
-def move_aside(path):
-    """Rename a file that failed its checks to ``PATH.rejected-N``; returns the new path."""
+def move_aside(path, keep_earlier=False):
+    """Rename a file that failed its checks to ``PATH.rejected``, in place of an earlier rejected copy
+    (one per file, however many fetches fail); returns the new path.
+
+    ``keep_earlier``: a file this program did not write goes to ``PATH.rejected-N``, deleting nothing.
+    """
+    if not keep_earlier:
+        aside = Path(f"{path}.rejected")
+        os.replace(path, aside)
+        return aside
     number = 1
     while Path(f"{path}.rejected-{number}").exists():
         number += 1
@@ -183,10 +202,36 @@ def _direct_url(source):
         answer = json.loads(response.read(1 << 16))
     if not isinstance(answer, dict) or not answer.get("href"):
         raise ValueError(f"the API answered without a download link: {str(answer)[:100]}")
-    return answer["href"]
+    return _web_link(str(answer["href"]))
 
 
-def _transfer(source, target, expected_size, label, progress):
+def _web_link(url):
+    """``url`` when an API's answer may be followed: https, or http to this machine (the tests' servers)."""
+    parts = urllib.parse.urlsplit(url)
+    local = parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if parts.scheme != "https" and not local:
+        raise ValueError(f"the API answered with the link {url[:100]!r}; expected an https:// URL")
+    return url
+
+
+def bounds():
+    """``(deadline in seconds, minimum bytes/s)`` of a download: the defaults, or the environment's."""
+    from fomm_lessons.data.remote_zip import DEADLINE_ENV, MIN_RATE_ENV
+
+    values = []
+    for name, default in ((DEADLINE_ENV, DEADLINE_S), (MIN_RATE_ENV, MIN_RATE)):
+        text = os.environ.get(name)
+        try:
+            value = default if text in (None, "") else float(text)
+        except ValueError:
+            value = -1.0
+        if not value >= 0:
+            raise ValueError(f"{name}={text!r}: expected a number >= 0")
+        values.append(value)
+    return tuple(values)
+
+
+def _transfer(source, target, expected_size, label, progress, deadline=None):
     """Stream ``source`` to ``target`` through ``target.part``, resuming a part of the same size."""
     from tqdm.auto import tqdm
 
@@ -194,7 +239,8 @@ def _transfer(source, target, expected_size, label, progress):
 
     url = _direct_url(source)
     _check_host(url)
-    http = HttpFile(url, retries=RETRIES, timeout=TIMEOUT_S, backoff=BACKOFF_S)
+    http = HttpFile(url, retries=RETRIES, timeout=TIMEOUT_S, backoff=BACKOFF_S, deadline=deadline,
+                    min_rate=bounds()[1], rate_window=RATE_WINDOW_S)
     size = http.probe()  # one small request: a dead link fails here, before any byte is written
     if expected_size is not None and size is not None and size != expected_size:
         raise ValueError(f"serves {size} bytes, expected {expected_size}")
@@ -202,18 +248,32 @@ def _transfer(source, target, expected_size, label, progress):
     if part.exists():
         previous = _read_json(record)
         if previous is None:  # not a part this program started: keep it, out of the way
-            move_aside(part)
-        elif size is None or previous.get("size") != size or part.stat().st_size > size:
-            part.unlink()  # our own part of another file: start again
+            move_aside(part, keep_earlier=True)
+        elif (size is None or previous.get("size") != size or part.stat().st_size > size
+              or _part_digest(part) != (previous.get("part_bytes"), previous.get("part_sha256"))):
+            part.unlink()  # our own part of another file, changed since it stopped, or unrecorded: start again
         elif part.stat().st_size == size:  # complete, stopped before its rename
             os.replace(part, target)
             record.unlink()
             return
     record.write_text(json.dumps({"size": size, "url": source.url}) + "\n", encoding="utf-8")
-    with tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=label, disable=not progress,
-              leave=False) as bar:
-        http.download(str(target), progress=bar)
+    try:
+        with tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=label, disable=not progress,
+                  leave=False) as bar:
+            http.download(str(target), progress=bar)
+    except BaseException:  # the part's digest, so that a resume can tell it is what was received
+        if part.exists():
+            part_bytes, part_sha256 = _part_digest(part)
+            record.write_text(json.dumps({"size": size, "url": source.url, "part_bytes": part_bytes,
+                                          "part_sha256": part_sha256}) + "\n", encoding="utf-8")
+        raise
     record.unlink(missing_ok=True)
+
+
+def _part_digest(part):
+    """``(size, sha256)`` of a partial download."""
+    size, digests = file_digest(part)
+    return size, digests["sha256"]
 
 
 def fetch_file(target, sources, size=None, sha256=None, magic=(), progress=True, label=None):
@@ -235,10 +295,11 @@ def fetch_file(target, sources, size=None, sha256=None, magic=(), progress=True,
         if problem is None:
             return digests["sha256"]
         tried.append(f"{target} ({problem}; moved to {move_aside(target).name})")
+    deadline = time.monotonic() + bounds()[0]  # for all the mirrors together
     for source in sources:
         want_size, want_sha256, want_md5 = source.expected(size, sha256)
         try:
-            _transfer(source, target, want_size, label, progress)
+            _transfer(source, target, want_size, label, progress, deadline)
         except (OSError, ValueError) as error:  # urllib and HttpFile raise OSErrors; a bad answer ValueError
             tried.append(f"{source.url} ({_reason(error, source.url)})")
             continue

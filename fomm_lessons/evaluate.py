@@ -276,11 +276,12 @@ def main(args):
 
     config = load_config(args.config)
     frame_shape = config.get("dataset_params", {}).get("frame_shape", [256, 256, 3])
-    check_output_path(args.out, folder=True, command="reconstruct")  # new, empty, or an earlier reconstruct's
+    inputs = {"--data": args.data, "--checkpoint": args.checkpoint, "--config": args.config}
+    check_output_path(args.out, folder=True, command="reconstruct", inputs=inputs)  # new, empty, or ours
     if not os.path.isdir(os.path.join(args.data, "test")):
         raise FileNotFoundError(f"no test split: {os.path.join(args.data, 'test')} is not a folder")
     models = load_checkpoint(args.checkpoint, config["model_params"], f"the config {args.config}")
-    claim_output_folder(args.out, "reconstruct")
+    claim_output_folder(args.out, "reconstruct", inputs)
     status, landmarks = keypoint_metrics_status()
     metrics = {"reconstruction": reconstruction_l1(args.data, models, frame_shape, out=args.out,
                                                    landmarks=landmarks), **status}

@@ -26,7 +26,9 @@ Two kinds of weights:
   own checksum for a mirror that serves another file, read with
   the torch-free reader when PyTorch is absent, and converted once to Keras
   weights in the cache (``NAME/keras/``), so that a second :func:`load` only
-  reads those.
+  reads those; their sizes and sha256 are recorded in ``converted.json`` when
+  written and checked at every load, and files that differ are converted again
+  from the cached ``.pth.tar``.
 """
 
 import argparse
@@ -45,6 +47,7 @@ __all__ = ["Entry", "Source", "DownloadError", "names", "info", "load", "fetch",
            "torchvision_vgg19", "vgg19_weights"]
 
 CACHE_ENV = "FOMM_LESSONS_CACHE"
+MIRROR_ENV = "FOMM_LESSONS_MIRROR"  # a URL prefix tried before the registry's sources
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DIGESTS_FILE, QUALITY_FILE, CARD_FILE = "digests.json", "quality.json", "MODEL_CARD.md"
 CONVERTED_MARKER = "converted.json"  # written last in NAME/keras/: the conversion is complete
@@ -196,7 +199,18 @@ def _still_accepted(entry, done):
 # published files in the cache
 # ---------------------------------------------------------------------------
 
-def _fetch(entry, checkpoint=None, progress=True):
+def mirror_sources(entry, mirror=None):
+    """The copy of ``entry``'s file on a mirror (``mirror``, else ``$FOMM_LESSONS_MIRROR``), tried first:
+    ``MIRROR/FILENAME``, a URL prefix such as ``https://example.org/fomm`` or ``http://127.0.0.1:8000``."""
+    mirror = mirror or os.environ.get(MIRROR_ENV)
+    if not mirror:
+        return ()
+    if not mirror.startswith(("https://", "http://")):
+        raise ValueError(f"{MIRROR_ENV} or --mirror {mirror!r}: expected a URL starting with https:// or http://")
+    return (Source(f"{mirror.rstrip('/')}/{entry.filename}", publisher=f"the mirror {mirror}"),)
+
+
+def _fetch(entry, checkpoint=None, progress=True, mirror=None):
     """``(path, digests, match)`` of a checked copy of a published entry's file (see :func:`fetch`).
 
     ``digests``: its size, sha256 and md5; ``match``: None for the recorded file,
@@ -215,8 +229,8 @@ def _fetch(entry, checkpoint=None, progress=True):
         return path, digests, match
     target = cache_dir() / entry.name / entry.filename
     try:
-        fetch_file(target, entry.sources, entry.size, entry.sha256, _TORCH_MAGIC, progress,
-                   label=f"{entry.name} ({entry.filename})")
+        fetch_file(target, mirror_sources(entry, mirror) + entry.sources, entry.size, entry.sha256, _TORCH_MAGIC,
+                   progress, label=f"{entry.name} ({entry.filename})")
     except DownloadError as error:
         raise DownloadError(
             f"{error} If you have {entry.filename}, pass it with --checkpoint PATH --config {entry.config}, "
@@ -240,7 +254,7 @@ def fetch(name, checkpoint=None, progress=True):
     return _fetch(entry, checkpoint, progress)[0]
 
 
-def converted_folder(name, checkpoint=None, progress=True):
+def converted_folder(name, checkpoint=None, progress=True, mirror=None):
     """The cache folder of a published model in Keras weight files, converted on first use."""
     from fomm_lessons.checkpoint import load_checkpoint, save_models
     from fomm_lessons.config import load_config
@@ -250,8 +264,11 @@ def converted_folder(name, checkpoint=None, progress=True):
     marker = folder / CONVERTED_MARKER
     done = _read_json(marker, None)
     if checkpoint is None and done and _still_accepted(entry, done):
-        return folder
-    path, digests, match = _fetch(entry, checkpoint, progress)
+        problem = _converted_problem(folder, done.get("files"))
+        if problem is None:
+            return folder
+        print(f"fomm-lessons: {problem}: converting again", file=sys.stderr)
+    path, digests, match = _fetch(entry, checkpoint, progress, mirror)
     check = _verdict(entry, match)
     print(f"fomm-lessons: converting {path} ({check}) to Keras weights in {folder} (once)", file=sys.stderr)
     config = load_config(entry.config)
@@ -263,10 +280,29 @@ def converted_folder(name, checkpoint=None, progress=True):
         raise ValueError(f"{error}; the download is moved to {move_aside(path)}") from None
     folder.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)
-    save_models(models, folder)
+    files = {}
+    for written in save_models(models, folder):
+        size, written_digests = file_digest(written)
+        files[Path(written).name] = {"size": size, "sha256": written_digests["sha256"]}
     _write_json(marker, {"name": entry.name, "config": entry.config, "from": str(path), "check": check,
-                         "size": digests["size"], "sha256": digests["sha256"], "md5": digests["md5"]})
+                         "size": digests["size"], "sha256": digests["sha256"], "md5": digests["md5"],
+                         "files": files})
     return folder
+
+
+def _converted_problem(folder, files):
+    """Why the converted weight files in ``folder`` are not those recorded when written, or None."""
+    if not files:
+        return f"{folder / CONVERTED_MARKER} records no digests (written by an older version)"
+    present = sorted(path.name for path in folder.glob("*.weights.h5"))
+    if present != sorted(files):
+        return f"{folder} holds {present}, expected {sorted(files)}"
+    for filename, want in files.items():
+        size, digests = file_digest(folder / filename)
+        if (size, digests["sha256"]) != (want["size"], want["sha256"]):
+            return (f"{folder / filename} has {size} bytes with sha256 {digests['sha256']}, not the {want['size']} "
+                    f"bytes with sha256 {want['sha256']} written")
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -411,7 +447,7 @@ def models_main(args):
             raise ValueError(f"{args.name} ships its weights; --checkpoint is only for downloaded models")
         print(verify_shipped(args.name))
     else:
-        print(converted_folder(args.name, args.checkpoint))
+        print(converted_folder(args.name, args.checkpoint, mirror=getattr(args, "mirror", None)))
     return 0
 
 

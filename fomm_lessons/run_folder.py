@@ -20,6 +20,7 @@ import datetime
 import errno
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,22 @@ def lock_run_folder(folder):
         yield path
     finally:
         handle.close()  # releases the lock
+
+
+def check_writable(folder, parts=("checkpoints", "models", "tensorboard")):
+    """Fail in one line, before the first step, if the run folder or a part of it cannot be written."""
+    for path in [Path(folder), *(Path(folder) / part for part in parts)]:
+        if not path.exists():
+            continue
+        try:
+            if not path.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as error:
+            raise OSError(f"cannot write the run folder: {path} is not a writable folder "
+                          f"({error.strerror or error}); fix it or choose another --out") from None
+    return folder
 
 
 def log_line(folder, text):

@@ -14,7 +14,8 @@ from pathlib import Path
 import tensorflow as tf
 
 from fomm_lessons.distribute import WorkerLost, describe as describe_strategy, make_strategy, peer_failure, task_of
-from fomm_lessons.run_folder import DiskFull, lock_run_folder, log_line
+from fomm_lessons.data.media import check_output_folder, claim_output_folder, refuse_input_as_output
+from fomm_lessons.run_folder import LOG_FILE, LOCK_FILE, DiskFull, check_writable, lock_run_folder, log_line
 from fomm_lessons.training import Trainer, TrainingDiverged, _loss_weight_on
 
 
@@ -67,7 +68,10 @@ def main(args):
     if args.resume and not (out / "checkpoints").is_dir():
         raise ValueError(f"--resume: no checkpoint in {out / 'checkpoints'}")
     note = (lambda text: log_line(out, text)) if chief else (lambda text: None)
-    if chief:
+    inputs = {"--data": args.data, "--config": args.config}
+    legacy = (out / "checkpoints").is_dir() and (out / LOG_FILE).is_file()  # a run from before the mark
+    if chief:  # new, empty or an earlier run's: never a folder of the user's files, never the data
+        refuse_input_as_output(out, inputs) if legacy else check_output_folder(out, "train", inputs, (LOCK_FILE,))
         out.mkdir(parents=True, exist_ok=True)
     trainer = None
     try:
@@ -75,10 +79,25 @@ def main(args):
             if (out / "checkpoints").exists() and not args.resume and any((out / "checkpoints").iterdir()):
                 raise ValueError(f"{out} already holds checkpoints: pass --resume to continue, "
                                  "or choose another --out")
+            if chief:
+                if not legacy:
+                    claim_output_folder(out, "train", inputs, (LOCK_FILE,))
+                check_writable(out)  # a read-only folder is found now, not at the first save
             trainer = Trainer(config, out, strategy=strategy, xla=args.xla, mixed_precision=args.mixed_precision,
                               seed=args.seed, checkpoint_every=args.checkpoint_every,
                               vgg_weights=vgg)
-            return _train(args, trainer, frames, out, note)
+            try:
+                return _train(args, trainer, frames, out, note)
+            except BaseException as error:  # whatever ends the run, train.log says so
+                if isinstance(error, tf.errors.OpError) and workers > 1 and peer_failure(error):
+                    raise  # a lost worker: said below
+                if isinstance(error, (TrainingDiverged, DiskFull)):
+                    note(f"stopped: {error}")
+                else:
+                    note(f"stopped by {type(error).__name__}: {' '.join(str(error).split())[:300]}")
+                if isinstance(error, TrainingDiverged):
+                    raise ValueError(str(error)) from None
+                raise
     except tf.errors.OpError as error:
         cause = peer_failure(error) if workers > 1 else None
         if cause is None:
@@ -114,13 +133,7 @@ def _train(args, trainer, frames, out, note):
     if args.steps is not None and args.steps <= step:
         print(f"nothing to train: the run is at step {step} and --steps is {args.steps}")
         return 0
-    try:
-        trainer.fit(frames, steps=args.steps)
-    except (TrainingDiverged, DiskFull) as error:
-        note(f"stopped: {error}")
-        if isinstance(error, DiskFull):
-            raise
-        raise ValueError(str(error)) from None
+    trainer.fit(frames, steps=args.steps)  # what stops it is logged by main
     step = int(trainer.step.numpy())
     if trainer.interrupted is not None:
         name = signal.Signals(trainer.interrupted).name

@@ -391,10 +391,14 @@ class Trainer:
         every = self.checkpoint_every or per_epoch
         num_epochs = int(self.train_params["num_epochs"])
         total = num_epochs * per_epoch if steps is None else int(steps)
-        stop = {"signal": None}
+        stop = {"signal": None, "saving": False}
         self.interrupted = None
 
         def on_signal(signum, frame):
+            if stop["signal"] == signum and stop["saving"]:  # a half-written save would leave none: finish it
+                tqdm.write(f"{signal.Signals(signum).name}: the checkpoint is being written; stopping as soon "
+                           "as it is", file=sys.stderr)
+                return
             if stop["signal"] == signum:  # asked twice: stop now, without a checkpoint
                 signal.signal(signum, handlers.get(signum, signal.SIG_DFL))
                 signal.raise_signal(signum)
@@ -414,6 +418,14 @@ class Trainer:
         bar = tqdm(total=total, initial=int(self.step.numpy()), disable=not progress, desc="train", unit="step")
         epoch_means = {}
         saved = int(self.step.numpy())
+
+        def save():
+            stop["saving"] = True
+            try:
+                self.save()
+            finally:
+                stop["saving"] = False
+
         try:
             while int(self.step.numpy()) < total and int(self.epoch.numpy()) < num_epochs:
                 epoch = int(self.epoch.numpy())
@@ -438,7 +450,7 @@ class Trainer:
                     if on_step is not None:
                         on_step(step, values)
                     if step % every == 0 or stop["signal"] is not None:
-                        self.save()
+                        save()
                         saved = step
                     if stop["signal"] is not None or step >= total:
                         break
@@ -455,10 +467,10 @@ class Trainer:
                         log_epoch(self.write_dir, epoch, int(self.step.numpy()), epoch_means, whole(batch["source"]),
                                   whole(batch["driving"]), images, writer)
                     if saved != int(self.step.numpy()):
-                        self.save()
+                        save()
                         saved = int(self.step.numpy())
             if saved != int(self.step.numpy()):
-                self.save()
+                save()
             unfinished = int(self.step.numpy()) < total and int(self.epoch.numpy()) < num_epochs
             self.interrupted = stop["signal"] if unfinished else None
         finally:

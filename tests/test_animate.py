@@ -414,7 +414,7 @@ def peak_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 assert cli.main(base + ["--driving", sys.argv[3], "--out", sys.argv[5]]) == 0  # warm-up: tracing, threads
 before = peak_mb()
-assert cli.main(base + ["--driving", sys.argv[4], "--out", sys.argv[5]]) == 0
+assert cli.main(base + ["--driving", sys.argv[4], "--out", sys.argv[5], "--overwrite"]) == 0
 print(json.dumps({"before_mb": before, "after_mb": peak_mb()}))
 """
 

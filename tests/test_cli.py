@@ -223,7 +223,64 @@ def test_convert_needs_only_the_networks_parameters(capsys, tmp_path, parity_jso
     status, printed, err = run_cli(["convert", "--config", config, "--checkpoint", tmp_path / "parity.pth.tar",
                                     "--out", tmp_path / "converted"], capsys)
     assert status == 0, err
-    assert sorted(os.listdir(tmp_path / "converted")) == ["generator.weights.h5", "kp_detector.weights.h5"]
+    assert sorted(os.listdir(tmp_path / "converted")) == [".fomm-lessons-output.json", "generator.weights.h5",
+                                                          "kp_detector.weights.h5"]
     models = load_models(str(tmp_path / "converted"), parity_json["model_params"])
     kernel = state["kp_detector"]["kp.weight"].numpy()  # (O, I, kh, kw) in PyTorch
     np.testing.assert_array_equal(models.kp_detector.kp.kernel.numpy(), kernel.transpose(2, 3, 1, 0))
+
+
+def _unchanged(path, text):
+    return path.is_file() and path.read_text() == text
+
+
+def test_animate_replaces_no_file_it_did_not_write_and_never_an_input(files, tmp_path, capsys):
+    from fomm_lessons.data.frames import read_video
+    from fomm_lessons.data.stream import write_output
+
+    mine = tmp_path / "mine.gif"
+    mine.write_text("my own animation")
+    status, _, err = run_cli(animate_args(files, out=mine), capsys)
+    assert_one_line_error(status, err, "animate", f"refusing to replace the existing file {mine}", "--overwrite")
+    assert _unchanged(mine, "my own animation")
+    status, _, err = run_cli(animate_args(files, out=mine) + ["--overwrite"], capsys)
+    assert status == 0, err
+    assert read_video(mine).shape == (4, 64, 64, 3)
+    driving = tmp_path / "drive.gif"
+    write_output(driving, read_video(files["driving"]), 25)
+    before = driving.read_bytes()
+    for out in (driving, tmp_path / "." / "drive.gif"):
+        status, _, err = run_cli(animate_args(files, driving=driving, out=out) + ["--overwrite"], capsys)
+        assert_one_line_error(status, err, "animate", "is the input --driving", "never written over")
+    assert driving.read_bytes() == before
+
+
+def test_reconstruct_and_convert_write_no_folder_of_other_files(files, tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "generator.weights.h5").write_text("my own weights")
+    status, _, err = run_cli(["convert", "--config", "cpu-64", "--checkpoint", files["root"] / "a-file", "--out",
+                              tmp_path / "mine"], capsys)
+    assert_one_line_error(status, err, "convert", f"refusing to write into {tmp_path / 'mine'}",
+                          "generator.weights.h5")
+    status, _, err = run_cli(["reconstruct", "--config", "cpu-64", "--checkpoint", files["checkpoint"], "--data",
+                              files["data"], "--out", tmp_path / "mine"], capsys)
+    assert_one_line_error(status, err, "reconstruct", f"refusing to write into {tmp_path / 'mine'}")
+    assert _unchanged(tmp_path / "mine" / "generator.weights.h5", "my own weights")
+    status, _, err = run_cli(["reconstruct", "--config", "cpu-64", "--checkpoint", files["checkpoint"], "--data",
+                              files["data"], "--out", files["data"]], capsys)
+    assert_one_line_error(status, err, "reconstruct", f"is the input --data {files['data']}")
+
+
+def test_data_commands_write_no_folder_of_other_files(files, tmp_path, capsys):
+    (tmp_path / "mine" / "train").mkdir(parents=True)
+    (tmp_path / "mine" / "train" / "notes.txt").write_text("keep me")
+    status, _, err = run_cli(["data", "sample", "--out", tmp_path / "mine"], capsys)
+    assert_one_line_error(status, err, "data", "notes.txt was not written by `fomm-lessons data sample`")
+    status, _, err = run_cli(["data", "voxceleb", "--out", tmp_path / "mine", "--videos", files["root"]], capsys)
+    assert_one_line_error(status, err, "data", f"refusing to write into {tmp_path / 'mine'}")
+    assert _unchanged(tmp_path / "mine" / "train" / "notes.txt", "keep me")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    status, _, err = run_cli(["data", "voxceleb", "--out", videos, "--videos", videos], capsys)
+    assert_one_line_error(status, err, "data", f"--out {videos} is the input --videos {videos}")
+    assert os.listdir(videos) == []

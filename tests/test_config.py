@@ -216,3 +216,37 @@ def test_small_variant_narrows_every_network_and_leaves_the_original_alone():
                    for w in net.weights)
 
     assert count(model) < count(config["model_params"]) / 8  # 54139 against 519305 weights
+
+
+def test_unknown_train_params_keys_are_an_error_as_in_model_params(tmp_path):
+    import yaml
+
+    from fomm_lessons.config import ConfigError, builtin_config_path
+
+    for where, typo in (("train_params", "lr_generatr"), ("loss_weights", "perceptal"),
+                        ("transform_params", "sigma_tsp")):
+        config = yaml.safe_load(builtin_config_path("vox-256").read_text())
+        section = config["train_params"]
+        section = section if where == "train_params" else section[where]
+        section[typo] = 1
+        path = tmp_path / "typo.yaml"
+        path.write_text(yaml.safe_dump(config))
+        with pytest.raises(ConfigError, match=f"unknown keys \\['{typo}'\\] in train_params"):
+            load_config(path, command="train")
+
+
+def test_a_config_file_of_megabytes_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
+    import yaml
+
+    from fomm_lessons import config
+    from fomm_lessons.config import ConfigError, builtin_config_path
+
+    path = tmp_path / "huge.yaml"
+    path.write_text(builtin_config_path("vox-256").read_text() + "# " + "x" * (2 << 20) + "\n")
+
+    def no_parsing(text):
+        raise AssertionError("parsed")
+
+    monkeypatch.setattr(yaml, "safe_load", no_parsing)
+    with pytest.raises(ConfigError, match=f"{path}: {path.stat().st_size} bytes, larger than the 1048576"):
+        config.load_config(path)

@@ -163,8 +163,7 @@ def test_crop_video_cuts_one_clip_per_face_piece(clip, tmp_path, capsys):
     lines = printed.splitlines()
     assert [json.loads(line)["box"] for line in lines[::2]] == [p["box"] for p in pieces]
     assert not (tmp_path / "none").exists()
-    os.makedirs(tmp_path / "none")
-    subprocess.run(lines[1], shell=True, check=True, capture_output=True)
+    subprocess.run(lines[1], shell=True, check=True, capture_output=True)  # it makes the folder itself
     by_ffmpeg = read_video(json.loads(lines[0])["out"])
     assert by_ffmpeg.shape == (16, 64, 64, 3)
     assert np.abs(by_ffmpeg - read_video(pieces[0]["out"])).mean() < 0.02  # 0.037 with the crop 1 px off
@@ -270,3 +269,64 @@ def test_voxceleb_crop_cuts_each_clip_by_its_face_track(clip, scan, tmp_path, ca
     assert json.loads((tmp_path / "vox" / "meta" / voxceleb.RUN_MANIFEST).read_text())["options"]["crop"] is True
     status, _, err = run(argv, capsys)  # the same folder without --crop: other options
     assert status == 2 and "already holds a subset" in err
+
+
+def test_crop_image_replaces_no_file_it_did_not_write_and_never_its_input(tmp_path, capsys):
+    from matplotlib import cbook
+
+    photo = tmp_path / "face.jpg"
+    photo.write_bytes(open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False), "rb").read())
+    before = photo.read_bytes()
+    for flags in ([], ["--overwrite"]):
+        status, _, err = run(["crop", "--image", photo, "--out", photo, "--size", 64, *flags], capsys)
+        assert status == 2 and len(err.strip().splitlines()) == 1 and "is the input --image" in err, err
+    assert photo.read_bytes() == before
+    mine = tmp_path / "mine.png"
+    mine.write_text("my own picture")
+    status, _, err = run(["crop", "--image", photo, "--out", mine, "--size", 64], capsys)
+    assert status == 2 and f"refusing to replace the existing file {mine}" in err and "--overwrite" in err
+    assert mine.read_text() == "my own picture"
+    status, _, err = run(["crop", "--image", photo, "--out", mine, "--size", 64, "--overwrite"], capsys)
+    assert status == 0, err
+    with Image.open(mine) as image:
+        assert image.size == (64, 64)
+
+
+def test_crop_video_never_writes_into_its_input_folder(tmp_path, capsys):
+    from fomm_lessons.data.stream import write_output
+
+    frames = tmp_path / "frames"
+    write_output(frames, np.full((3, 32, 32, 3), 128, np.uint8), 25, command="crop")  # a crop-marked folder
+    before = sorted(os.listdir(frames))
+    status, _, err = run(["crop", "--video", frames, "--out", frames, "--box", "0,0,32,32", "--size", 16], capsys)
+    assert status == 2 and f"--out {frames} is the input --video {frames}" in err, err
+    assert sorted(os.listdir(frames)) == before
+
+
+def test_crop_image_takes_a_box_and_says_what_an_output_must_be(tmp_path, capsys):
+    from matplotlib import cbook
+
+    source = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    status, printed, err = run(["crop", "--image", source, "--out", tmp_path / "box.png", "--size", 32, "--box",
+                                "100,50,300,300"], capsys)
+    assert status == 0, err
+    assert json.loads(printed)["box"] == [100, 50, 300, 300]
+    for out in (tmp_path / "new" / "folder", str(tmp_path / "new" / "folder2") + "/", tmp_path / "face.xyz"):
+        status, _, err = run(["crop", "--image", source, "--out", out, "--size", 32], capsys)
+        assert status == 2 and "expected --out to be an image file name (.png, .jpg, ...)" in err, err
+    assert not (tmp_path / "new").exists()  # no empty folders left behind
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(blank)
+    status, _, err = run(["crop", "--image", blank, "--out", tmp_path / "b.png"], capsys)
+    assert status == 2 and "no face found in" in err and "--box" in err and "--min-frames" not in err, err
+
+
+def test_output_videos_follow_the_umask(tmp_path):
+    from fomm_lessons.data.stream import write_output
+
+    mask = os.umask(0o022)
+    try:
+        path = write_output(tmp_path / "clip.mp4", np.zeros((2, 16, 16, 3), np.uint8), 25)
+    finally:
+        os.umask(mask)
+    assert os.stat(path).st_mode & 0o777 == 0o644

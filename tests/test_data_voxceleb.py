@@ -323,3 +323,25 @@ def test_choose_clips_alternates_videos_and_splits_identities():
         voxceleb.choose_clips(clips, identities=11, clips_per_identity=1, seed=0)
     with pytest.raises(ValueError, match="at least 2"):
         voxceleb.choose_clips(clips, identities=1, clips_per_identity=1, seed=0)
+
+
+def test_a_member_larger_than_the_cap_is_refused_before_it_is_inflated(tmp_path, monkeypatch, capsys):
+    """A few kB of zip that inflate to 8 MB of zeros per clip: refused unread, from a local zip and by range."""
+    from fomm_lessons.data import voxceleb_sources
+
+    monkeypatch.setattr(voxceleb_sources, "MAX_CLIP_BYTES", 1 << 20)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name in ("mp4/id00001/v/00001.mp4", "mp4/id00002/v/00001.mp4"):
+            archive.writestr(name, bytes(8 << 20))
+    blob = buffer.getvalue()
+    assert len(blob) < 40_000
+    (tmp_path / "bomb.zip").write_bytes(blob)
+    assert run(tmp_path / "local", zip=str(tmp_path / "bomb.zip"), identities=2, clips_per_identity=1) == 2
+    (err,) = error_lines(capsys.readouterr().err)
+    assert "8388608 bytes" in err and "more than the 1048576 a clip may hold" in err, err
+    with ZipServer(blob) as server:
+        monkeypatch.setenv(voxceleb.URL_ENV, server.url)
+        assert run(tmp_path / "range", identities=2, clips_per_identity=1) == 2
+    (err,) = error_lines(capsys.readouterr().err)
+    assert "more than the 1048576 a clip may hold" in err, err

@@ -409,6 +409,49 @@ def test_a_partial_download_is_kept_and_resumed_by_the_next_run(published, cache
     assert server.requests[-1] == ("/ckpt", f"bytes={cut}-") and len(server.requests) == 5
 
 
+def test_a_part_changed_since_its_run_stopped_is_downloaded_again(published, cache, entry, monkeypatch):
+    """No sha256 recorded (as for the published files): the part's own digest guards the resume."""
+    blob = published["blobs"]["legacy"]
+    cut = len(blob) // 2
+    monkeypatch.setattr(download, "RETRIES", 0)
+    with FileServer({"/ckpt": blob}, drops=[cut, 0]) as server:
+        entry([server.url("/ckpt")])
+        with pytest.raises(download.DownloadError):
+            pretrained.fetch(NAME, progress=False)
+        part = cache / NAME / f"{FILENAME}.part"
+        changed = bytearray(part.read_bytes())
+        changed[cut // 2:cut // 2 + 400] = bytes(400)  # 400 bytes inside the tensor data
+        part.write_bytes(bytes(changed))
+        path = pretrained.fetch(NAME, progress=False)
+    assert path.read_bytes() == blob
+    assert server.requests[-1] == ("/ckpt", None)  # from the first byte, not bytes={cut}-
+
+
+def test_converted_weights_that_changed_are_converted_again_from_the_cached_file(published, cache, entry,
+                                                                                 capsys):
+    blob = published["blobs"]["zip"]
+    keras_folder = cache / NAME / "keras"
+    with FileServer({"/ckpt": blob}) as server:
+        entry([server.url("/ckpt")], sha256=_sha256(blob))
+        status, _, err = _run_cli(["models", "fetch", NAME], capsys)
+        assert status == 0, err
+        written = {path.name: path.read_bytes() for path in keras_folder.glob("*.weights.h5")}
+        requests = len(server.requests)
+        generator = keras_folder / "generator.weights.h5"
+        for damage in ("truncated", "swapped"):
+            if damage == "truncated":
+                generator.write_bytes(written["generator.weights.h5"][:1000])
+            else:
+                generator.write_bytes(written["kp_detector.weights.h5"])
+            status, out, err = _run_cli(["models", "fetch", NAME], capsys)
+            assert status == 0, err
+            assert f"{generator} has" in err and "converting again" in err
+            assert generator.read_bytes() == written["generator.weights.h5"]
+        assert len(server.requests) == requests  # from the cached .pth.tar: nothing downloaded again
+        status, _, err = _run_cli(["models", "fetch", NAME], capsys)
+        assert status == 0 and "converting" not in err
+
+
 def test_a_wrong_checksum_is_refused_moved_aside_and_the_next_mirror_used(published, cache, entry):
     blob = published["blobs"]["zip"]
     bad = bytearray(blob)
@@ -417,14 +460,14 @@ def test_a_wrong_checksum_is_refused_moved_aside_and_the_next_mirror_used(publis
         entry([server.url("/bad"), server.url("/good")], size=len(blob), sha256=_sha256(blob))
         path = pretrained.fetch(NAME, progress=False)
         assert path.read_bytes() == blob
-        assert (cache / NAME / f"{FILENAME}.rejected-1").read_bytes() == bytes(bad)  # kept, renamed
+        assert (cache / NAME / f"{FILENAME}.rejected").read_bytes() == bytes(bad)  # kept, renamed
         entry([server.url("/bad")], size=len(blob), sha256=_sha256(blob))
         path.unlink()
         with pytest.raises(download.DownloadError) as refused:
             pretrained.load(NAME, progress=False)
     message = str(refused.value)
     assert f"sha256 {_sha256(bytes(bad))}, expected {_sha256(blob)}" in message
-    assert "moved to test-cpk.pth.tar.rejected-2" in message and not path.exists()
+    assert "moved to test-cpk.pth.tar.rejected" in message and not path.exists()
 
 
 def test_a_404_or_a_web_page_falls_through_to_the_next_mirror(published, cache, entry, capsys):
@@ -437,7 +480,7 @@ def test_a_404_or_a_web_page_falls_through_to_the_next_mirror(published, cache, 
         entry([server.url("/missing"), server.url("/page"), download.Source(server.url("/api"), "yandex")])
         path = pretrained.fetch(NAME, progress=False)
     assert path.read_bytes() == blob
-    assert (cache / NAME / f"{FILENAME}.rejected-1").read_bytes() == page
+    assert (cache / NAME / f"{FILENAME}.rejected").read_bytes() == page
     assert [p for p, _ in server.requests] == ["/missing", "/page", "/page", "/api", "/ckpt", "/ckpt"]
     printed = capsys.readouterr().err  # unverified: the sha256 it computed, to record
     assert f"sha256 {_sha256(blob)}" in printed and "unverified" in printed
@@ -471,6 +514,85 @@ def test_a_part_this_program_did_not_start_is_moved_aside_not_deleted(published,
     assert Path(f"{part}.rejected-1").read_bytes() == b"someone else's bytes"
 
 
+class _Trickle(http.server.BaseHTTPRequestHandler):
+    """Announces 10,000 bytes, then sends one every ``state.pause_s`` seconds (at most 200 in all)."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "10000")
+        self.end_headers()
+        try:
+            for _ in range(200):
+                self.wfile.write(b"\x80")
+                self.wfile.flush()
+                time.sleep(self.server.state.pause_s)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+@pytest.mark.parametrize("bound", ["min-rate", "deadline"])
+def test_a_trickling_mirror_is_left_after_a_bounded_time(cache, entry, monkeypatch, bound):
+    """A mirror that trickles bytes: too slow for a window of 1 s, or past a deadline of 1.5 s."""
+    from fomm_lessons.data import remote_zip
+
+    monkeypatch.setattr(download, "RATE_WINDOW_S", 1.0)
+    if bound == "min-rate":
+        monkeypatch.setenv(remote_zip.MIN_RATE_ENV, "100")
+    else:
+        monkeypatch.setenv(remote_zip.MIN_RATE_ENV, "0")
+        monkeypatch.setenv(remote_zip.DEADLINE_ENV, "1.5")
+    with LocalServer(_Trickle, type("State", (), {"pause_s": 0.1})()) as server:
+        url = f"http://127.0.0.1:{server.httpd.server_address[1]}/slow.pth.tar"
+        entry([url])
+        start = time.perf_counter()
+        with pytest.raises(download.DownloadError) as failed:
+            pretrained.fetch(NAME, progress=False)
+        took = time.perf_counter() - start
+    err = str(failed.value)
+    assert url in err
+    expected = ("below the 100 bytes/s a download must keep (set FOMM_LESSONS_DOWNLOAD_MIN_RATE"
+                if bound == "min-rate" else "ran past its time limit (set FOMM_LESSONS_DOWNLOAD_TIMEOUT_S")
+    assert expected in err
+    assert took < 8
+
+
+def test_one_rejected_copy_is_kept_however_many_fetches_fail(cache, entry):
+    page = b"<!DOCTYPE html><html>not the file</html>"
+    with FileServer({"/page": page}) as server:
+        entry([server.url("/page")])
+        for _ in range(4):
+            with pytest.raises(download.DownloadError, match="moved to test-cpk.pth.tar.rejected"):
+                pretrained.fetch(NAME, progress=False)
+    assert sorted(p.name for p in (cache / NAME).iterdir()) == [f"{FILENAME}.rejected"]
+
+
+def test_an_api_link_to_a_local_file_is_not_followed(cache, entry, tmp_path):
+    secret = tmp_path / "secret.pth.tar"
+    secret.write_bytes(b"\x80\x02 a local file, not a download")
+    with FileServer({"/api": {"href": secret.as_uri()}}) as server:
+        entry([download.Source(server.url("/api"), "yandex")])
+        with pytest.raises(download.DownloadError, match="expected an https:// URL"):
+            pretrained.fetch(NAME, progress=False)
+    assert not (cache / NAME / FILENAME).exists() and not (cache / NAME / f"{FILENAME}.rejected").exists()
+
+
+def test_a_mirror_is_tried_before_the_published_sources(published, cache, entry, monkeypatch, capsys):
+    blob = published["blobs"]["zip"]
+    with FileServer({"/fomm/test-cpk.pth.tar": blob}) as server:
+        entry([_closed_port_url("/published.pth.tar")], sha256=_sha256(blob))
+        monkeypatch.setenv(pretrained.MIRROR_ENV, server.url("/fomm/"))
+        assert pretrained.fetch(NAME, progress=False).read_bytes() == blob
+        assert server.requests[0][0] == "/fomm/test-cpk.pth.tar"
+        monkeypatch.delenv(pretrained.MIRROR_ENV)
+        (cache / NAME / FILENAME).unlink()
+        status, out, err = _run_cli(["models", "fetch", NAME, "--mirror", server.url("/fomm")], capsys)
+    assert status == 0, err
+    assert Path(out.strip()) == cache / NAME / "keras"
+
+
 # ---------------------------------------------------------------------------
 # the command line
 # ---------------------------------------------------------------------------
@@ -495,8 +617,8 @@ def test_convert_takes_a_model_name_and_its_config(published, cache, entry, tmp_
         entry([server.url("/ckpt")], sha256=_sha256(blob))
         status, out, err = _run_cli(["convert", "--checkpoint", NAME, "--out", tmp_path / "out"], capsys)
     assert status == 0, err
-    assert sorted(os.listdir(tmp_path / "out")) == ["discriminator.weights.h5", "generator.weights.h5",
-                                                    "kp_detector.weights.h5"]
+    assert sorted(os.listdir(tmp_path / "out")) == [".fomm-lessons-output.json", "discriminator.weights.h5",
+                                                    "generator.weights.h5", "kp_detector.weights.h5"]
     status, _, err = _run_cli(["convert", "--checkpoint", "sample-64", "--out", tmp_path / "x"], capsys)
     _assert_one_line_error(status, err, "convert", "sample-64 ships Keras weights")
 

@@ -238,3 +238,20 @@ def test_corrupt_deflate_data_is_a_value_error_naming_the_member():
     assert remote_zip.inflate(member, data) == b"clip bytes" * 100
     with pytest.raises(ValueError, match="x.mp4: corrupt deflate data"):
         remote_zip.inflate(member, broken)
+
+
+def test_inflate_to_streams_and_stops_at_the_announced_size():
+    clip = bytes(range(256)) * 4000  # 1 MB
+    data = zlib.compress(clip)[2:-4]
+    member = remote_zip.ZipMember("x.mp4", 8, 0, crc32=zlib.crc32(clip), compressed_size=len(data),
+                                  size=len(clip), header_offset=0)
+    out = io.BytesIO()
+    assert remote_zip.inflate_to(member, data, out) == len(clip) and out.getvalue() == clip
+    liar = remote_zip.ZipMember("x.mp4", 8, 0, crc32=zlib.crc32(clip[:1000]), compressed_size=len(data),
+                                size=1000, header_offset=0)  # its entry says 1000 bytes
+    out = io.BytesIO()
+    with pytest.raises(ValueError, match="inflates past the 1000 bytes"):
+        remote_zip.inflate_to(liar, data, out)
+    assert len(out.getvalue()) <= 1000
+    with pytest.raises(ValueError, match="more than the 4096 a clip may hold"):
+        remote_zip.inflate_to(member, data, io.BytesIO(), limit=4096)

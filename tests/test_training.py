@@ -356,6 +356,88 @@ def test_sigint_saves_says_how_to_resume_and_exits_130(frames, tmp_path, capsys,
     assert "interrupted by SIGINT" in (run / "train.log").read_text()
 
 
+def _plain_config(tmp_path, **train_params):
+    import yaml
+
+    config = copy.deepcopy(PLAIN)
+    config["train_params"].update(train_params)
+    path = tmp_path / "plain.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.filterwarnings("ignore:Vgg19Features uses RANDOM weights")
+def test_a_second_sigint_during_the_save_finishes_it_and_logs_the_end(frames, tmp_path, capsys, eager_step,
+                                                                      monkeypatch):
+    from fomm_lessons import cli
+
+    original = Trainer.save
+
+    def save_under_two_interrupts(trainer):  # Ctrl-C, then Ctrl-C again while the checkpoint is written
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        return original(trainer)
+
+    monkeypatch.setattr(Trainer, "save", save_under_two_interrupts)
+    run = tmp_path / "run"
+    status = cli.main(["train", "--config", str(_plain_config(tmp_path, num_epochs=100)), "--data",
+                       str(frames.root), "--out", str(run), "--vgg", "random", "--steps", "40",
+                       "--checkpoint-every", "1"])
+    err = capsys.readouterr().err
+    assert status == 130, err
+    assert "the checkpoint is being written; stopping as soon as it is" in err
+    assert (run / "checkpoints" / "ckpt-1.index").exists()
+    assert "interrupted by SIGINT at step 1" in (run / "train.log").read_text().splitlines()[-1]
+
+
+def test_an_unwritable_run_folder_is_refused_before_the_first_step(frames, tmp_path, capsys):
+    from fomm_lessons import cli
+
+    from fomm_lessons.data.media import claim_output_folder
+
+    run = tmp_path / "run"
+    claim_output_folder(run, "train")  # an earlier run's folder
+    (run / "models").write_text("a file where the exported models go")  # root writes any read-only folder
+    status = cli.main(["train", "--config", str(_plain_config(tmp_path)), "--data", str(frames.root), "--out",
+                       str(run), "--vgg", "random", "--steps", "2"])
+    _one_line_error(status, capsys.readouterr().err, f"cannot write the run folder: {run / 'models'} is not a "
+                    "writable folder")
+    assert not (run / "checkpoints").exists()  # no step was taken
+    assert (run / "models").read_text() == "a file where the exported models go"
+
+
+@pytest.mark.filterwarnings("ignore:Vgg19Features uses RANDOM weights")
+def test_an_unexpected_error_still_writes_the_end_line(frames, tmp_path, capsys, monkeypatch):
+    from fomm_lessons import cli
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("the device went away")
+
+    monkeypatch.setattr(Trainer, "fit", fail)
+    run = tmp_path / "run"
+    status = cli.main(["train", "--config", str(_plain_config(tmp_path)), "--data", str(frames.root), "--out",
+                       str(run), "--vgg", "random", "--steps", "2"])
+    assert status == 1 and "unexpected error: RuntimeError: the device went away" in capsys.readouterr().err
+    assert (run / "train.log").read_text().splitlines()[-1].endswith(
+        "stopped by RuntimeError: the device went away")
+
+
+def test_train_never_writes_into_a_folder_of_other_files_or_the_data(frames, tmp_path, capsys):
+    from fomm_lessons import cli
+    from fomm_lessons.data.media import OUTPUT_MARK
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "log.csv").write_text("my own numbers\n")
+    base = ["train", "--config", str(_plain_config(tmp_path)), "--data", str(frames.root), "--vgg", "random"]
+    _one_line_error(cli.main(base + ["--out", str(mine)]), capsys.readouterr().err,
+                    f"refusing to write into {mine}", "log.csv")
+    assert sorted(os.listdir(mine)) == ["log.csv"] and (mine / "log.csv").read_text() == "my own numbers\n"
+    _one_line_error(cli.main(base + ["--out", str(frames.root)]), capsys.readouterr().err,
+                    f"--out {frames.root} is the input --data {frames.root}")
+    assert not (Path(frames.root) / OUTPUT_MARK).exists()
+
+
 @pytest.mark.filterwarnings("ignore:Vgg19Features uses RANDOM weights")
 @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
 def test_mixed_precision_step_gives_finite_float32_losses(tmp_path, precision):

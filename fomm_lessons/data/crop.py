@@ -144,7 +144,7 @@ def no_face(path, tracks, min_frames, box_option="--box"):
                            f"piece has {longest}): try --min-frames {longest}, or give the box by hand with "
                            f"{box_option} x,y,w,h")
     return NoFaceError(f"no face found in {path}: give the face's box by hand with {box_option} x,y,w,h "
-                       f"(pixels of the input), or try a smaller --min-frames")
+                       f"(pixels of the input)")  # no face at all: a smaller --min-frames would not help
 
 
 def video_box(path, increase=INCREASE, box_option="--box"):
@@ -275,18 +275,33 @@ def _as_uint8_rgb(frame):
 # The command
 # ---------------------------------------------------------------------------
 
-def crop_image_file(path, out, size=256, increase=INCREASE, box=None):
-    """Crop the photograph ``path`` around its face (or ``box``) to ``out`` at ``size`` x ``size``."""
+def check_image_output(out, path, overwrite=False):
+    """Refuse, in one line, an ``--out`` that is not a new image file name Pillow can write (or is ``path``)."""
+    from fomm_lessons.data.media import check_output_file, refuse_input_as_output
+
+    out = os.fspath(out)
+    refuse_input_as_output(out, {"--image": path})
+    suffix = os.path.splitext(out)[1].lower()
+    if os.path.isdir(out) or out.endswith(("/", os.sep)) or suffix not in Image.registered_extensions():
+        raise ValueError(f"expected --out to be an image file name (.png, .jpg, ...) for --image, got {out!r}")
+    return check_output_file(out, overwrite)
+
+
+def crop_image_file(path, out, size=256, increase=INCREASE, box=None, overwrite=False):
+    """Crop the photograph ``path`` around its face (or ``box``, a tuple or "x,y,w,h") to ``out`` at
+    ``size`` x ``size``; an existing ``out`` is replaced only with ``overwrite``, never when it is ``path``."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no image at {path}")
+    check_image_output(out, path, overwrite)
     try:
         if box is None:
             image, full = open_image(path, DETECT_SIDE)
             with image:
                 box = image_box(image, increase, path, full_size=full)
+        text = box if isinstance(box, str) else ",".join(str(v) for v in box)
         with Image.open(path) as image:
-            box = parse_box(",".join(str(v) for v in box), (image.height, image.width), path)
+            box = parse_box(text, (image.height, image.width), path)
         pixels = read_source_image(path, (size, size), box)
     except (OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"{path} is not an image: {type(error).__name__}: {error}") from None
@@ -308,7 +323,7 @@ def crop_video_file(path, out, size=256, increase=INCREASE, min_frames=MIN_FRAME
         raise ValueError(f"expected a video (.mp4/.mov/.gif or a folder of frames), got {path}")
     if print_commands and os.path.isdir(path):
         raise ValueError(f"--print-commands needs a video file for ffmpeg to read, got the folder {path}")
-    check_output_folder(out, "crop")
+    check_output_folder(out, "crop", {"--video": path})
     if box is not None:
         count, frame_size = 0, None
         for frame in raw_frames(path):
@@ -323,9 +338,10 @@ def crop_video_file(path, out, size=256, increase=INCREASE, min_frames=MIN_FRAME
     for crop in crops:
         crop["out"] = os.path.join(os.fspath(out), clip_name(path, crop))
         if print_commands:
-            crop["command"] = shlex.join(ffmpeg_command(path, crop, crop["out"], size, fps))
+            crop["command"] = (f"mkdir -p {shlex.quote(os.fspath(out))} && "  # ffmpeg makes no folder
+                               + shlex.join(ffmpeg_command(path, crop, crop["out"], size, fps)))
     if not print_commands:
-        claim_output_folder(out, "crop")
+        claim_output_folder(out, "crop", {"--video": path})
         write_crops(path, crops, out, size, fps)
     return crops
 
@@ -339,7 +355,8 @@ def main(args):
     if not 0 <= args.increase <= 2:
         raise ValueError(f"expected --increase between 0 and 2 (a fraction of the face's size), got {args.increase}")
     if args.image is not None:
-        crops = [crop_image_file(args.image, args.out, args.size, args.increase, args.box)]
+        crops = [crop_image_file(args.image, args.out, args.size, args.increase, args.box,
+                                 getattr(args, "overwrite", False))]
     else:
         if args.min_frames < 1:
             raise ValueError(f"expected --min-frames of at least 1, got {args.min_frames}")

@@ -4,7 +4,10 @@ the audio track, the ``ffmpeg`` binary, and output paths.
 An output folder is the program's only when it says so: every command that
 writes a folder leaves :data:`OUTPUT_MARK` in it (a small JSON file naming the
 command), and refuses a non-empty folder without that mark, or with another
-command's, so that ``--out photos/`` never deletes a user's pictures.
+command's, so that ``--out photos/`` never deletes a user's pictures. An
+existing output *file* carries no mark, so it is replaced only when the user
+passes ``--overwrite``; an output that is one of the command's inputs is refused
+whatever the flags (:func:`refuse_input_as_output`).
 Nothing here imports TensorFlow.
 """
 
@@ -79,12 +82,43 @@ def folder_owner(path):
         return None
 
 
-def check_output_folder(path, command):
-    """Refuse, in one line, a non-empty folder that is not an earlier output of ``command``."""
+def same_path(first, second):
+    """Whether two existing paths name one file or folder (links and ``..`` resolved: inodes compared)."""
+    first, second = os.fspath(first), os.fspath(second)
+    return os.path.exists(first) and os.path.exists(second) and os.path.samefile(first, second)
+
+
+def refuse_input_as_output(path, inputs, option="--out"):
+    """Refuse, in one line, an output ``path`` that is one of ``inputs`` (``{option: path or None}``).
+
+    Only an existing path can be an input that is written over, so a missing one never matches.
+    """
+    for name, given in inputs.items():
+        if given is not None and same_path(path, given):
+            raise ValueError(f"{option} {os.fspath(path)} is the input {name} {os.fspath(given)}: an input "
+                             f"is never written over; choose another {option}")
+    return path
+
+
+def check_output_file(path, overwrite=False, option="--out"):
+    """Refuse, in one line, an existing file at ``path`` unless ``overwrite`` (the user's ``--overwrite``)."""
     path = os.fspath(path)
+    if os.path.lexists(path) and not os.path.isdir(path) and not overwrite:
+        raise ValueError(f"refusing to replace the existing file {path} ({option}): pass --overwrite to "
+                         f"replace it, or choose another {option}")
+    return path
+
+
+def check_output_folder(path, command, inputs=None, own=()):
+    """Refuse, in one line, a non-empty folder that is not an earlier output of ``command``, or an input.
+
+    ``own``: names that ``command`` may find there before it marks the folder (a run's lock file).
+    """
+    path = os.fspath(path)
+    refuse_input_as_output(path, inputs or {})
     if not os.path.isdir(path):
         return path
-    names = sorted(os.listdir(path))
+    names = sorted(name for name in os.listdir(path) if name not in own)
     if names and folder_owner(path) != command:
         foreign = [name for name in names if name != OUTPUT_MARK]
         example = f" (such as {foreign[0]!r})" if foreign else ""
@@ -93,9 +127,9 @@ def check_output_folder(path, command):
     return path
 
 
-def claim_output_folder(path, command):
+def claim_output_folder(path, command, inputs=None, own=()):
     """Create the folder ``path`` (after :func:`check_output_folder`) and mark it as ``command``'s output."""
-    path = check_output_folder(path, command)
+    path = check_output_folder(path, command, inputs, own)
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, OUTPUT_MARK), "w") as file:
         json.dump({"command": command, "written_by": "fomm-lessons"}, file)
@@ -103,13 +137,16 @@ def claim_output_folder(path, command):
     return path
 
 
-def check_output_path(path, folder=False, audio=False, command="animate"):
+def check_output_path(path, folder=False, audio=False, command="animate", inputs=None, overwrite=False):
     """Fail early, with the path, if ``path`` cannot be written (parent folders are created).
 
     A folder output must be new, empty, or an earlier output of ``command``
-    (:func:`check_output_folder`).
+    (:func:`check_output_folder`); an existing file is replaced only with
+    ``overwrite`` (:func:`check_output_file`); an output that is one of
+    ``inputs`` (``{option: path}``) is refused.
     """
     path = os.fspath(path)
+    refuse_input_as_output(path, inputs or {})
     suffix = os.path.splitext(path)[1].lower()
     if not folder and suffix not in OUTPUT_SUFFIXES:
         raise ValueError(f"expected an output path ending in {'/'.join(OUTPUT_SUFFIXES)} "
@@ -118,6 +155,8 @@ def check_output_path(path, folder=False, audio=False, command="animate"):
         raise ValueError(f"keeping the audio needs an .mp4 or .mov output, got {path!r}")
     if folder:
         check_output_folder(path, command)
+    else:
+        check_output_file(path, overwrite)
     target = path if folder else os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(target, exist_ok=True)

@@ -31,6 +31,8 @@ RANGE_FAILURES = 30  # failures of one byte range (or one download) in all, prog
 TOTAL_FAILURES = 100  # failures of all the requests of one HttpFile together
 RETRY_BACKOFF_S = 1.0  # first wait; doubles on each consecutive failure
 TIMEOUT_S = 60.0
+DEADLINE_ENV = "FOMM_LESSONS_DOWNLOAD_TIMEOUT_S"  # how long one file's download may take, all mirrors
+MIN_RATE_ENV = "FOMM_LESSONS_DOWNLOAD_MIN_RATE"  # bytes/s a download must keep over a minute
 LOCAL_EXTRA_GUESS = 64  # bytes of a local header's extra field fetched along with it (ZIP64 needs 20)
 # Headers of a redirect worth keeping (Hugging Face names the commit and the file's LFS hash).
 REDIRECT_HEADERS = ("X-Repo-Commit", "X-Linked-Size", "X-Linked-Etag", "ETag")
@@ -91,8 +93,12 @@ class _RecordingRedirects(urllib.request.HTTPRedirectHandler):
 class HttpFile:
     """Byte ranges of one URL, with retries that resume after a dropped connection."""
 
-    def __init__(self, url, *, retries=None, timeout=None, backoff=None):
+    def __init__(self, url, *, retries=None, timeout=None, backoff=None, deadline=None, min_rate=None,
+                 rate_window=60.0):
         self.url = url
+        # Bounds of a download, so that a server trickling bytes cannot hold it forever: ``deadline``
+        # (a time.monotonic() value) and ``min_rate`` bytes/s, averaged over ``rate_window`` seconds.
+        self.deadline, self.min_rate, self.rate_window = deadline, min_rate, rate_window
         self.retries = RETRIES if retries is None else retries
         self.timeout = TIMEOUT_S if timeout is None else timeout
         self.backoff = RETRY_BACKOFF_S if backoff is None else backoff
@@ -132,7 +138,9 @@ class HttpFile:
             failures, self.failures = failures + 1, self.failures + 1
             stalled = 0 if held() > furthest else stalled + 1
             furthest = max(furthest, held())
-            if stalled > self.retries:
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                why = f"its time limit ({DEADLINE_ENV} allows more)"
+            elif stalled > self.retries:
                 why = f"{self.retries} retries"
             elif failures > self.range_failures:
                 why = f"{failures} failed requests for this range"
@@ -142,6 +150,17 @@ class HttpFile:
                 time.sleep(self.backoff * 2 ** max(stalled - 1, 0))
                 continue
             raise RemoteZipError(f"{self.url}: gave up after {why} while {what}: {reason}")
+
+    def _check_bounds(self, now, window_start, window_bytes, path):
+        """Give up (no retry) past the deadline, or when a whole window brought less than ``min_rate``."""
+        if self.deadline is not None and now > self.deadline:
+            raise RemoteZipError(f"{self.url}: the download to {path} ran past its time limit (set "
+                                 f"{DEADLINE_ENV} to allow more seconds)")
+        elapsed = now - window_start
+        if self.min_rate and elapsed >= self.rate_window and window_bytes < self.min_rate * elapsed:
+            raise RemoteZipError(f"{self.url}: {window_bytes / elapsed:.0f} bytes/s over the last {elapsed:.0f} s, "
+                                 f"below the {self.min_rate:.0f} bytes/s a download must keep (set "
+                                 f"{MIN_RATE_ENV} to allow slower ones)")
 
     def probe(self):
         """Ask for the first byte: learn the size and whether ``Range`` is honoured."""
@@ -216,10 +235,15 @@ class HttpFile:
                     progress.reset(total=total)
                     progress.update(have)
                 with open(part, "ab" if have else "wb") as out:
+                    window_start, window_bytes = time.monotonic(), 0
                     while True:
                         chunk = response.read1(CHUNK_BYTES)
                         if not chunk:
                             break
+                        now, window_bytes = time.monotonic(), window_bytes + len(chunk)
+                        self._check_bounds(now, window_start, window_bytes, path)
+                        if now - window_start >= self.rate_window:
+                            window_start, window_bytes = now, 0
                         out.write(chunk)
                         have += len(chunk)
                         self.bytes_received += len(chunk)
@@ -328,6 +352,50 @@ def inflate(member, compressed):
     return data
 
 
+def oversized(member, limit):
+    """Why ``member`` is refused unread (more than ``limit`` bytes, inflated or not), or None."""
+    if limit is not None and max(member.size, member.compressed_size) > limit:
+        return (f"{member.name}: {member.size} bytes ({member.compressed_size} compressed), more than the "
+                f"{limit} a clip may hold: refused before inflating it")
+    return None
+
+
+def inflate_to(member, compressed, file, limit=None):
+    """Decompress a member's bytes into ``file`` as they come, never past ``member.size``; check its CRC-32.
+
+    ``limit``: the most bytes a member may hold (:func:`oversized`). Returns the number of bytes written.
+    """
+    if oversized(member, limit):
+        raise ValueError(oversized(member, limit))
+    if member.flags & 0x1:
+        raise ValueError(f"{member.name}: encrypted zip members are not supported")
+    if member.method not in (0, 8):
+        raise ValueError(f"{member.name}: compression method {member.method} is not supported "
+                         "(expected 0 stored or 8 deflate)")
+    inflater = zlib.decompressobj(-15) if member.method == 8 else None
+    written, crc, pending = 0, 0, memoryview(compressed)
+    while True:
+        if inflater is None:
+            piece, pending = bytes(pending[:CHUNK_BYTES]), pending[CHUNK_BYTES:]
+        else:  # at most one byte past the announced size: a member that inflates further stops there
+            try:
+                room = min(CHUNK_BYTES, member.size + 1 - written)
+                piece = inflater.decompress(pending, room) if pending else inflater.flush()
+            except zlib.error as error:
+                raise ValueError(f"{member.name}: corrupt deflate data ({error})") from None
+            pending = inflater.unconsumed_tail
+        if not piece:
+            break
+        written, crc = written + len(piece), zlib.crc32(piece, crc)
+        if written > member.size:
+            raise ValueError(f"{member.name}: inflates past the {member.size} bytes its entry announces")
+        file.write(piece)
+    if written != member.size or crc != member.crc32:
+        raise ValueError(f"{member.name}: got {written} bytes with CRC-32 {crc:08x}, "
+                         f"expected {member.size} bytes with CRC-32 {member.crc32:08x}")
+    return written
+
+
 class RemoteZip:
     """A zip file on a web server, read member by member with range requests."""
 
@@ -354,6 +422,13 @@ class RemoteZip:
 
     def read(self, member):
         """The uncompressed bytes of one member: local header and data in one request, mostly."""
+        try:
+            return inflate(member, self._local(member))
+        except ValueError as error:
+            raise BadMemberError(f"{self.url}: {error}") from None
+
+    def _local(self, member):
+        """The compressed bytes of one member, after its local header (one request, mostly)."""
         guess = _LOCAL.size + len(member.name.encode()) + LOCAL_EXTRA_GUESS + member.compressed_size
         first = self.http.read(member.header_offset, min(guess, self.http.size - member.header_offset))
         if first[:4] != b"PK\x03\x04":
@@ -364,8 +439,13 @@ class RemoteZip:
         missing = start + member.compressed_size - len(first)
         if missing > 0:  # a longer extra field than guessed: fetch the rest
             first += self.http.read(member.header_offset + len(first), missing)
-        compressed = first[start:start + member.compressed_size]
+        return first[start:start + member.compressed_size]
+
+    def copy(self, member, file, limit=None):
+        """Inflate one member into ``file`` (:func:`inflate_to`); one larger than ``limit`` is not even fetched."""
+        if oversized(member, limit):
+            raise BadMemberError(f"{self.url}: {oversized(member, limit)}")
         try:
-            return inflate(member, compressed)
+            return inflate_to(member, self._local(member), file)
         except ValueError as error:
             raise BadMemberError(f"{self.url}: {error}") from None

@@ -221,6 +221,13 @@ def as_uint8(frames):
     return frames
 
 
+def _umask():
+    """The process's file-mode creation mask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 class VideoWriter:
     """Frames to ``path`` as they come: an .mp4/.mov/.gif file or, for any other path, a PNG folder.
 
@@ -247,6 +254,7 @@ class VideoWriter:
         os.makedirs(parent, exist_ok=True)
         handle, self._partial = tempfile.mkstemp(suffix=suffix, prefix=".partial-", dir=parent)
         os.close(handle)
+        os.chmod(self._partial, 0o666 & ~_umask())  # mkstemp's 0600 would hide the video from others
 
     def write(self, frames):
         """Append frames (n, H, W, 3) in [0, 1] or uint8."""

@@ -22,8 +22,9 @@ import tempfile
 
 import numpy as np
 
-from fomm_lessons.data import remote_zip
+from fomm_lessons.data import remote_zip, voxceleb_sources
 from fomm_lessons.data.crop import face_crop_frames
+from fomm_lessons.data.media import claim_output_folder, refuse_input_as_output
 from fomm_lessons.data.voxceleb_sources import (  # noqa: F401 (re-exported: they lived here)
     TEST_FRACTION, VIDEO_SUFFIXES, BadClip, Clip, LocalZipSource, RemoteZipSource, VideoFolderSource,
     VoxCelebError, choose_clips, clips_from_names)
@@ -90,7 +91,7 @@ def _is_done(out, split, clip, size):
 
 
 def _load_pinned_hashes(url):
-    """SHA-256 of clips listed in the package's pinned manifest, when reading the pinned URL."""
+    """SHA-256 and size of the clips listed in the package's pinned manifest, when reading the pinned URL."""
     if url != URL:
         return {}
     if not REPO_MANIFEST.is_file():
@@ -100,7 +101,7 @@ def _load_pinned_hashes(url):
     if manifest.get("revision") != REVISION:
         raise VoxCelebError(f"{REPO_MANIFEST} pins revision {manifest.get('revision')!r}, "
                             f"expected {REVISION!r} (fomm_lessons.data.voxceleb.REVISION)")
-    return {name: entry["sha256"] for name, entry in manifest.get("clips", {}).items()}
+    return {name: entry for name, entry in manifest.get("clips", {}).items()}  # {"sha256", "bytes"}
 
 
 def open_source(out, zip_path=None, videos=None, log=print):
@@ -153,6 +154,9 @@ def fetch_subset(out, identities, clips_per_identity, size, seed=0, zip_path=Non
         if previous != options:
             raise ValueError(f"{out} already holds a subset made with {previous}; "
                              f"asked for {options}: use the same options or another --out")
+        refuse_input_as_output(out, {"--zip": zip_path, "--videos": videos})  # an earlier run's folder
+    else:  # new, empty or an earlier (unfinished) run's: a user's folder is never written into
+        claim_output_folder(out, "data voxceleb", {"--zip": zip_path, "--videos": videos})
     source = open_source(out, zip_path, videos, log)
     split_clips = choose_clips(source.clips(), identities, clips_per_identity, seed)
     pinned = _load_pinned_hashes(getattr(source, "url", None))
@@ -192,23 +196,24 @@ def fetch_subset(out, identities, clips_per_identity, size, seed=0, zip_path=Non
     return manifest
 
 
-def _fetch_clip(out, split, clip, size, source, pinned, crop=False):
+def _fetch_clip(out, split, clip, size_px, source, pinned, crop=False):
     """Read, verify, decode and write one clip, then its done marker."""
-    try:
-        data = source.read(clip)
-    except remote_zip.RemoteZipError as error:
-        raise VoxCelebError(str(error)) from None
-    sha256 = hashlib.sha256(data).hexdigest()
-    if clip.member in pinned and pinned[clip.member] != sha256:
-        raise VoxCelebError(f"{clip.member}: SHA-256 {sha256} differs from {pinned[clip.member]} "
-                            f"recorded in {REPO_MANIFEST}")
+    known = pinned.get(clip.member, {})
+    limit = known.get("bytes") or voxceleb_sources.MAX_CLIP_BYTES
     tmp = out / "meta" / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=tmp, suffix=pathlib.Path(clip.member).suffix or ".mp4") as video:
-        video.write(data)
+        try:  # streamed to disk: a clip is never whole in memory, and one over the limit is not inflated
+            size = source.copy(clip, video, limit)
+        except remote_zip.RemoteZipError as error:
+            raise VoxCelebError(str(error)) from None
         video.flush()
+        sha256 = _sha256(video.name)
+        if known and known["sha256"] != sha256:
+            raise VoxCelebError(f"{clip.member}: SHA-256 {sha256} differs from {known['sha256']} "
+                                f"recorded in {REPO_MANIFEST}")
         try:
-            frames = (face_crop_frames if crop else square_frames)(video.name, size)
+            frames = (face_crop_frames if crop else square_frames)(video.name, size_px)
         except Exception as error:  # imageio raises several kinds for a bad video
             raise _decode_error(out, clip, error) from None
     log_path = out / "meta" / "logs" / f"{clip.name}.log"
@@ -218,10 +223,18 @@ def _fetch_clip(out, split, clip, size, source, pinned, crop=False):
     write_png_folder(frames, partial)
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
-    record = {"name": clip.name, "split": split, "member": clip.member, "bytes": len(data),
-              "sha256": sha256, "frames": len(frames), "size": size, "png_bytes": _folder_bytes(folder)}
+    record = {"name": clip.name, "split": split, "member": clip.member, "bytes": size,
+              "sha256": sha256, "frames": len(frames), "size": size_px, "png_bytes": _folder_bytes(folder)}
     _write_json(out / "meta" / "clips" / f"{clip.name}.json", record)
     return record
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _decode_error(out, clip, error):
