@@ -11,7 +11,7 @@ bytes, size, sha256 and md5, as far as they are known; one that fails is
 renamed to ``TARGET.rejected`` (never used; it replaces an earlier rejected
 copy, so one is kept per file) and the next mirror is tried. A download that
 runs past :data:`DEADLINE_S` or keeps less than :data:`MIN_RATE` bytes/s over
-a minute leaves its mirror (:func:`bounds`: both can be raised by environment
+a minute leaves its mirror (``bounds()``: both can be raised by environment
 variables). When every mirror fails, :class:`DownloadError` names each URL
 and why.
 

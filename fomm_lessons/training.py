@@ -268,11 +268,11 @@ class Trainer:
             self._apply("discriminator", tape.gradient(scaled, disc_vars), disc_vars)
             losses.update(disc)
         losses = {name: value / replicas for name, value in losses.items()}
-        # Watched, not trained on: whether the keypoints spread out and how many masks share the work.
-        losses.update({f"monitor_{name}": value / replicas for name, value in collapse_monitors(generated).items()})
         images = {key: tf.cast(generated[key], tf.float32) for key in ("prediction", "deformed", "occlusion_map")
                   if key in generated}
         images["kp_driving"] = tf.cast(generated["kp_driving"]["value"], tf.float32)
+        if "mask" in generated:
+            images["mask"] = tf.cast(generated["mask"], tf.float32)
         return losses, images
 
     def _apply(self, name, grads, variables):
@@ -288,6 +288,11 @@ class Trainer:
                 losses = {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
                           for k, v in losses.items()}
                 images = {k: self.strategy.gather(v, axis=0) for k, v in images.items()}
+                # Watched, not trained on: whether the keypoints spread out and how many masks share the
+                # work, over the whole batch (the same for any number of replicas).
+                monitors = collapse_monitors({"kp_driving": {"value": images["kp_driving"]},
+                                              **({"mask": images["mask"]} if "mask" in images else {})})
+                losses.update({f"monitor_{name}": value for name, value in monitors.items()})
                 self.step.assign_add(1)
                 return losses, images
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from fomm_lessons.data.media import OUTPUT_MARK
 from fomm_lessons.distribute import make_strategy, peer_failure, read_tf_config, worker_count
 from test_training import PLAIN, untraced
 
@@ -226,7 +227,9 @@ def test_a_killed_worker_stops_the_other_and_a_restart_resumes(data, tmp_path):
     assert "stopped: worker 0 of 2 stops" in (run / "train.log").read_text()
     # The chief alone wrote the run folder (log.csv may be missing: the epoch's end needs both workers);
     # the killed worker's checkpoint copies are in a temporary folder of its own.
-    assert set(os.listdir(run)) <= {"checkpoints", "log.csv", "models", "tensorboard", "train.lock", "train.log"}
+    # (and the mark that claims the folder as a run's: fomm_lessons.data.media.OUTPUT_MARK)
+    assert set(os.listdir(run)) <= {"checkpoints", "log.csv", "models", "tensorboard", "train.lock", "train.log",
+                                    OUTPUT_MARK}
     assert all(p.name == "checkpoint" or p.name.startswith("ckpt-") for p in checkpoints.iterdir())
     assert len(_worker_folders(tmp_path / "first-tmp")) == 1
 

@@ -710,7 +710,7 @@ def test_torchvision_vgg19_is_downloaded_checked_by_its_name_and_converted_once(
     message = str(refused.value)
     assert message.startswith("--vgg torchvision: could not fetch torchvision's VGG19 (vgg19-00000000.pth)")
     assert f"sha256 {_sha256(blob)}, expected 00000000..." in message and "--vgg random" in message
-    assert (cache / "vgg19" / "vgg19-00000000.pth.rejected-1").read_bytes() == blob
+    assert (cache / "vgg19" / "vgg19-00000000.pth.rejected").read_bytes() == blob
     assert not (cache / "vgg19" / "vgg19-00000000.keras.npz").exists()
 
 
