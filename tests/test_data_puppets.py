@@ -158,3 +158,11 @@ def test_command_writes_with_progress_and_never_touches_other_files(tmp_path):
     assert "notes.txt was not written by `fomm-lessons data puppets`" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert mine.read_text() == "mine" and puppets.is_puppets_dataset(out)
+
+
+def test_ensure_makes_the_world_once(tmp_path):
+    root = puppets.ensure_puppets_dataset(tmp_path / "w", identities=1, test_identities=1, num_frames=2)
+    assert puppets.is_puppets_dataset(root)
+    meta = root / puppets.META_FILE
+    stamp = meta.stat().st_mtime_ns
+    assert puppets.ensure_puppets_dataset(root, identities=5) == root and meta.stat().st_mtime_ns == stamp

@@ -26,7 +26,6 @@ same label (:func:`ground_truth`).
 ``fomm-lessons data puppets --out DIR --size 64`` calls :func:`make_puppets_dataset`.
 """
 
-import fcntl
 import json
 import os
 
@@ -447,20 +446,9 @@ def list_videos(root, split):
 def ensure_puppets_dataset(root, **options):
     """The puppets dataset at ``root`` as a Path, made first when missing (what chapters call).
 
-    Processes that ask for the same ``root`` at once take turns on a lock on the folder.
-    ``options`` go to :func:`make_puppets_dataset`.
+    ``options`` go to :func:`make_puppets_dataset`; parallel callers wait for the first
+    (:func:`fomm_lessons.data.sample.made_once`).
     """
-    from pathlib import Path
+    from fomm_lessons.data.sample import made_once
 
-    root = Path(root)
-    if (root / META_FILE).is_file():
-        return root
-    root.mkdir(parents=True, exist_ok=True)
-    handle = os.open(root, os.O_RDONLY)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        if not (root / META_FILE).is_file():
-            make_puppets_dataset(root, **{"progress": False, **options})
-    finally:
-        os.close(handle)
-    return root
+    return made_once(root, META_FILE, lambda folder: make_puppets_dataset(folder, **{"progress": False, **options}))

@@ -304,8 +304,8 @@ def remove_earlier(out, meta_file=META_FILE, format=FORMAT, extra=None):
             pass
 
 
-def ensure_sample_dataset(root="../data/generated/sample-64", size=64, **options):
-    """The sample dataset at ``root`` as a Path, made first when it is missing (what chapters call).
+def made_once(root, meta_file, make):
+    """``root`` as a Path, after ``make(root)`` wrote it when ``root/meta_file`` is missing.
 
     Processes that ask for the same ``root`` at once (chapters run in parallel) take turns on a
     lock on the folder: the first makes the dataset, the others wait and then read it.
@@ -313,17 +313,22 @@ def ensure_sample_dataset(root="../data/generated/sample-64", size=64, **options
     from pathlib import Path
 
     root = Path(root)
-    if (root / META_FILE).is_file():
+    if (root / meta_file).is_file():
         return root
     root.mkdir(parents=True, exist_ok=True)
     handle = os.open(root, os.O_RDONLY)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX)
-        if not (root / META_FILE).is_file():
-            make_sample_dataset(root, size=size, **options)
+        if not (root / meta_file).is_file():
+            make(root)
     finally:
         os.close(handle)  # releases the lock
     return root
+
+
+def ensure_sample_dataset(root="../data/generated/sample-64", size=64, **options):
+    """The sample dataset at ``root`` as a Path, made first when it is missing (what chapters call)."""
+    return made_once(root, META_FILE, lambda folder: make_sample_dataset(folder, size=size, **options))
 
 
 def ensure_eval_dataset(root="../data/generated/sample-64-eval", size=64, **options):
