@@ -288,11 +288,6 @@ class Trainer:
                 losses = {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
                           for k, v in losses.items()}
                 images = {k: self.strategy.gather(v, axis=0) for k, v in images.items()}
-                # Watched, not trained on: whether the keypoints spread out and how many masks share the
-                # work, over the whole batch (the same for any number of replicas).
-                monitors = collapse_monitors({"kp_driving": {"value": images["kp_driving"]},
-                                              **({"mask": images["mask"]} if "mask" in images else {})})
-                losses.update({f"monitor_{name}": value for name, value in monitors.items()})
                 self.step.assign_add(1)
                 return losses, images
 
@@ -441,6 +436,11 @@ class Trainer:
                     losses, images = step_fn(batch)
                     step = int(self.step.numpy())
                     values = {name: float(value) for name, value in losses.items()}
+                    # Watched, not trained on, and logged beside the losses: whether the keypoints spread
+                    # out and how many masks share the work, over the whole (gathered) batch.
+                    monitors = collapse_monitors({"kp_driving": {"value": images["kp_driving"]},
+                                                  **({"mask": images["mask"]} if "mask" in images else {})})
+                    values.update({f"monitor_{name}": float(value) for name, value in monitors.items()})
                     for name, value in values.items():
                         if not math.isfinite(value):
                             raise TrainingDiverged(f"loss {name} is {value} at step {step}; "
