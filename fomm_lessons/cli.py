@@ -157,15 +157,25 @@ def build_parser():
     train.add_argument("--out", required=True, help="run folder: checkpoints, log.csv, TensorBoard")
     train.add_argument("--steps", type=int, default=None, help="stop at this step (a positive number, counted "
                        "from the run's start)")
+    train.add_argument("--minutes", type=float, default=None,
+                       help="time budget: stop after the first step that ends past it, with a checkpoint "
+                            "(--resume continues); the first step's tracing counts")
+    train.add_argument("--init-from", default=None, metavar="NAME_OR_PATH",
+                       help="fine-tune: start the networks from a model name (fomm-lessons models list) or a "
+                            ".pth.tar / weights folder / run folder of this --config's architecture; "
+                            "optimizers and step start anew (ignored with --resume)")
     train.add_argument("--resume", action="store_true",
                        help="continue from the newest checkpoint in --out that reads whole and finite")
     train.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None,
                        help="compile the steps with XLA (default: on for GPUs/TPUs, off on CPU)")
     train.add_argument("--mixed-precision", choices=("auto", "off", "float16", "bfloat16"), default="auto",
-                       help="compute dtype (default auto: float16 on GPUs, bfloat16 on TPUs, off on CPU)")
+                       help="compute dtype (default auto: float16 on GPUs, bfloat16 on TPUs and on CPUs with native "
+                            "bfloat16 where a probe measures it faster, else off; train.log says which)")
     train.add_argument("--checkpoint-every", type=int, default=None,
                        help="steps between checkpoints (default: one an epoch)")
     train.add_argument("--seed", type=int, default=0, help="random seed")
+    train.add_argument("--no-progress", action="store_true",
+                       help="no progress bar (the losses still go to log.csv and TensorBoard)")
     train.add_argument("--vgg", default="auto",
                        help="VGG19 weights for the perceptual loss: torchvision (the original's ImageNet VGG19, "
                             "downloaded once), auto ($FOMM_LESSONS_VGG19, else torchvision), imagenet (Keras' "

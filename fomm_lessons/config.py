@@ -26,7 +26,7 @@ import yaml
 __all__ = ["BUILTIN_CONFIGS", "COMMAND_NEEDS", "ConfigError", "available_configs", "builtin_config_path",
            "load_config", "validate_config"]
 
-BUILTIN_CONFIGS = ("vox-256", "vox-adv-256", "cpu-64", "sample-64", "puppets-64")
+BUILTIN_CONFIGS = ("vox-256", "vox-adv-256", "cpu-64", "sample-64", "puppets-64", "sample-64-v2")
 SECTIONS = ("dataset_params", "model_params", "train_params", "reconstruction_params",
             "animate_params", "visualizer_params")
 

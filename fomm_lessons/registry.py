@@ -122,6 +122,14 @@ register(Entry(
                 "--identities 400 --seed 0); tested on unseen figures and motions (--seed 1)"),
     licence="MIT (this project); the training data is procedural, made by this project's code"))
 register(Entry(
+    "sample-64-v2", config="sample-64-v2", shipped="sample-64-v2",
+    summary="sample-64 trained again (issue 22): puppets-64's networks, losses and weights as the start, on "
+            "the same offline sample faces, 64x64",
+    trained_on=("the offline sample set with the 'extended' identities, as sample-64 (fomm-lessons data sample "
+                "--size 64 --identities extended --seed 0), fine-tuned from puppets-64 (--init-from)"),
+    licence="MIT (this project); the training photographs are public domain or CC0 "
+            "(fomm_lessons.data.sample.SOURCES); the starting weights are puppets-64's (procedural data)"))
+register(Entry(
     "vox-256", config="vox-256", filename="vox-cpk.pth.tar",
     summary="the authors' published VoxCeleb model without the adversarial loss (vox-cpk.pth.tar), 256x256",
     trained_on=_VOX_TRAINED_ON, licence=_VOX_LICENCE, quality=_VOX_QUALITY,

@@ -6,6 +6,7 @@ SIGINT/SIGTERM, and under several workers one line when a worker is lost.
 """
 
 import contextlib
+import math
 import shlex
 import signal
 import sys
@@ -24,6 +25,7 @@ def _resume_command(args):
     words = ["fomm-lessons", "train", "--config", args.config, "--data", args.data, "--out", args.out]
     for option, value, default in (("--steps", args.steps, None), ("--seed", args.seed, 0),
                                    ("--checkpoint-every", args.checkpoint_every, None),
+                                   ("--minutes", getattr(args, "minutes", None), None),
                                    ("--mixed-precision", args.mixed_precision, "auto"),
                                    ("--vgg", getattr(args, "vgg", "auto"), "auto"),
                                    ("--strategy", getattr(args, "strategy", "auto"), "auto")):
@@ -53,6 +55,9 @@ def main(args):
 
     _positive(args.steps, "--steps")
     _positive(args.checkpoint_every, "--checkpoint-every")
+    minutes = getattr(args, "minutes", None)
+    if minutes is not None and not (minutes > 0 and math.isfinite(minutes)):
+        raise ValueError(f"--minutes must be a positive time budget, got {minutes}")
     config = load_config(args.config, command="train")
     # torchvision's weights by name become a cache path, downloaded if need be: a failed download
     # stops here, before the run folder is touched, unless --vgg random was asked for.
@@ -60,6 +65,7 @@ def main(args):
     if _loss_weight_on(config["train_params"].get("loss_weights", {}), "perceptual"):
         vgg = vgg19_weights(vgg)
     strategy = make_strategy(getattr(args, "strategy", "auto"))  # before other TensorFlow work
+    start = _start_weights(args, config)
     print(describe_strategy(strategy))
     worker, workers = task_of(strategy)
     chief = strategy is None or bool(strategy.extended.should_checkpoint)
@@ -87,7 +93,7 @@ def main(args):
                               seed=args.seed, checkpoint_every=args.checkpoint_every,
                               vgg_weights=vgg)
             try:
-                return _train(args, trainer, frames, out, note)
+                return _train(args, trainer, frames, out, note, start)
             except BaseException as error:  # whatever ends the run, train.log says so
                 if isinstance(error, tf.errors.OpError) and workers > 1 and peer_failure(error):
                     raise  # a lost worker: said below
@@ -112,7 +118,18 @@ def main(args):
             trainer.close()
 
 
-def _train(args, trainer, frames, out, note):
+def _start_weights(args, config):
+    """The networks ``--init-from`` names, read now (before the run folder is touched), or None."""
+    name = getattr(args, "init_from", None)
+    if name is None or args.resume:
+        return None
+    from fomm_lessons.pretrained import load
+
+    models, _ = load(name, config=config)  # a path is read with this run's config
+    return models
+
+
+def _train(args, trainer, frames, out, note, start=None):
     """The run of :func:`main` once its folder is locked and its trainer built."""
     print(f"VGG19 weights for the perceptual loss: {trainer.vgg_description}")
     precision = "float32" if trainer.precision == "off" else f"mixed {trainer.precision}"
@@ -127,14 +144,28 @@ def _train(args, trainer, frames, out, note):
             raise ValueError(f"--resume: no checkpoint in {out / 'checkpoints'} can be used"
                              + (f" ({len(trainer.skipped)} skipped, see above)" if trainer.skipped else ""))
         print(f"resuming from {restored} (step {int(trainer.step.numpy())})")
+    elif start is not None:
+        copied = trainer.init_from(start)
+        print(f"starting from the weights of {args.init_from} ({', '.join(copied)}); new optimizers, step 0")
+        note(f"initialized from {args.init_from}: {', '.join(copied)}")
+    if args.resume and getattr(args, "init_from", None) is not None:
+        print(f"--init-from {args.init_from} is not used: the run resumes from its own checkpoint")
     step = int(trainer.step.numpy())
     note(f"start at step {step}: config {args.config}, data {args.data}, seed {args.seed}, "
          f"VGG19 weights {trainer.vgg_description}")
     if args.steps is not None and args.steps <= step:
         print(f"nothing to train: the run is at step {step} and --steps is {args.steps}")
         return 0
-    trainer.fit(frames, steps=args.steps)  # what stops it is logged by main
+    minutes = getattr(args, "minutes", None)
+    trainer.fit(frames, steps=args.steps, seconds=None if minutes is None else 60 * minutes,
+                progress=not getattr(args, "no_progress", False))  # what stops it is logged by main
     step = int(trainer.step.numpy())
+    if trainer.out_of_time and trainer.interrupted is None:
+        note(f"stopped at the time budget ({minutes:g} min) at step {step}")
+        print(f"stopped at the time budget of {minutes:g} minutes at step {step}; the checkpoint "
+              f"{trainer.manager.latest_checkpoint if trainer.chief else 'is saved'}; continue with: "
+              f"{_resume_command(args)}")
+        return 0
     if trainer.interrupted is not None:
         name = signal.Signals(trainer.interrupted).name
         note(f"interrupted by {name} at step {step}")

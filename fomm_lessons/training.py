@@ -27,6 +27,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 import weakref
 from pathlib import Path
 
@@ -177,6 +178,7 @@ class Trainer:
             raise ValueError(f"expected checkpoint_every to be a positive number of steps, got {checkpoint_every!r}")
         self.checkpoint_every = checkpoint_every
         self.interrupted = None  # the signal that stopped the last fit, if any
+        self.out_of_time = False  # whether the last fit stopped at its time budget
         weights = self.train_params["loss_weights"]
         self.use_gan = _loss_weight_on(weights, "generator_gan")
 
@@ -237,6 +239,37 @@ class Trainer:
             raise ValueError(f"expected {len(variables)} arrays, got {len(weights)}")
         for variable, value in zip(variables, weights):
             variable.assign(value)
+
+    def init_from(self, models):
+        """Start from another model's weights (fine-tuning): the keypoint detector and the generator,
+        and the discriminator when ``models`` has one and this run trains one.
+
+        ``models`` are networks of the same architecture (:func:`fomm_lessons.pretrained.load` with
+        this run's config). Optimizer state, step and epoch stay new. Returns the names of the
+        networks that were copied; a network whose weights differ in number or shape is refused
+        with one line naming it.
+        """
+        copied = []
+        for name in ("kp_detector", "generator", "discriminator"):
+            source, target = getattr(models, name, None), self._network(name)
+            if source is None or target is None:
+                continue
+            if name == "discriminator" and not self.use_gan:
+                continue
+            theirs, ours = source.weights, target.weights
+            if len(theirs) != len(ours):
+                raise ValueError(f"cannot start from these weights: their {name} has {len(theirs)} arrays, "
+                                 f"this config's has {len(ours)}")
+            for mine, other in zip(ours, theirs):
+                if tuple(mine.shape) != tuple(other.shape):
+                    raise ValueError(f"cannot start from these weights: their {name} array {other.path} has "
+                                     f"the shape {tuple(other.shape)}, this config's {tuple(mine.shape)}")
+            for variable, value in zip(ours, theirs):
+                variable.assign(tf.cast(value, variable.dtype))
+            copied.append(name)
+        if "kp_detector" not in copied or "generator" not in copied:
+            raise ValueError("cannot start from these weights: they lack the keypoint detector or the generator")
+        return copied
 
     # -- the step -----------------------------------------------------------
 
@@ -380,13 +413,19 @@ class Trainer:
         for name, optimizer in self.optimizers.items():
             optimizer.learning_rate.assign(learning_rate(self.train_params[f"lr_{name}"], epoch, milestones))
 
-    def fit(self, frames, steps=None, progress=True, on_step=None):
+    def fit(self, frames, steps=None, progress=True, on_step=None, seconds=None):
         """Train on ``frames`` (a :class:`fomm_lessons.data.loader.FramesDataset`) until ``num_epochs``
         or ``steps`` total steps; checkpoint every ``checkpoint_every`` steps, at each epoch's end and on
-        SIGINT/SIGTERM. ``on_step(step, losses)`` is called after every step. Returns the mean losses
-        of the last epoch run."""
+        SIGINT/SIGTERM. ``on_step(step, losses)`` is called after every step. With ``seconds`` (a time
+        budget, the first step's tracing included) training also stops after the first step that ends
+        past it, with a checkpoint, and ``self.out_of_time`` is True. Returns the mean losses of the
+        last epoch run."""
         if steps is not None and (isinstance(steps, bool) or int(steps) < 1):
             raise ValueError(f"expected steps to be a positive number of steps, got {steps!r}")
+        if seconds is not None and not (isinstance(seconds, (int, float)) and seconds > 0):
+            raise ValueError(f"expected seconds to be a positive time budget, got {seconds!r}")
+        deadline = None if seconds is None else time.monotonic() + float(seconds)
+        self.out_of_time = False
         per_epoch = self.steps_per_epoch(frames)
         every = self.checkpoint_every or per_epoch
         num_epochs = int(self.train_params["num_epochs"])
@@ -454,14 +493,16 @@ class Trainer:
                             tf.summary.scalar(f"loss/{name}", value)
                     if on_step is not None:
                         on_step(step, values)
-                    if step % every == 0 or stop["signal"] is not None:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        self.out_of_time = True
+                    if step % every == 0 or stop["signal"] is not None or self.out_of_time:
                         save()
                         saved = step
-                    if stop["signal"] is not None or step >= total:
+                    if stop["signal"] is not None or step >= total or self.out_of_time:
                         break
                 if count:
                     epoch_means = {name: value / count for name, value in sums.items()}
-                if stop["signal"] is not None:
+                if stop["signal"] is not None or self.out_of_time:
                     break
                 if int(self.step.numpy()) - epoch * per_epoch >= per_epoch:
                     self.epoch.assign_add(1)

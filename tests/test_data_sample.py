@@ -177,3 +177,24 @@ def test_a_second_process_waits_for_the_first_to_finish_the_dataset(tmp_path):
     os.close(handle)
     worker.join(timeout=120)
     assert done.is_set() and sample.load_meta(root)["size"] == 16
+
+
+def test_the_example_video_is_a_file_the_crop_command_cuts_around_the_face(tmp_path):
+    """Chapter 13's stand-in for a phone video: a real .mp4 whose face the detector finds in every
+    frame, so that ``crop`` writes one clip of all of them; the same seed, the same frames."""
+    from fomm_lessons.data.crop import crop_video_file
+
+    path = sample.write_example_video(tmp_path / "grace#take1.mp4", seed=1, num_frames=30, height=192, width=256)
+    video = frames.read_video(path)
+    assert video.shape == (30, 192, 256, 3) and Path(path).is_file()
+    again = frames.read_video(sample.write_example_video(tmp_path / "again.mp4", seed=1, num_frames=30,
+                                                         height=192, width=256))
+    assert np.array_equal(video, again)
+    other = frames.read_video(sample.write_example_video(tmp_path / "other.mp4", seed=2, num_frames=30,
+                                                         height=192, width=256))
+    assert np.abs(other[-1] - video[-1]).mean() > 0.01  # another seed, another motion
+    (clip,) = crop_video_file(path, tmp_path / "clips", size=64, min_frames=25)
+    assert (clip["start"], clip["stop"]) == (0, 30)
+    assert frames.read_video(clip["out"]).shape == (30, 64, 64, 3)
+    with pytest.raises(ValueError, match="expected a photograph in"):
+        sample.write_example_video(tmp_path / "x.mp4", name="nobody")

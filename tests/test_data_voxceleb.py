@@ -1,6 +1,7 @@
 """The VoxCeleb fetcher end to end, offline: tiny clips zipped as VoxCeleb2, served on 127.0.0.1."""
 
 import argparse
+import copy
 import hashlib
 import io
 import json
@@ -8,6 +9,7 @@ import os
 import socket
 import sys
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -293,10 +295,17 @@ def test_pinned_manifest_records_and_enforces_hashes(vox, tmp_path, monkeypatch,
         assert len(recorded["clips"]) == IDENTITIES * CLIPS
         for name, entry in recorded["clips"].items():
             data = members[name][0]
-            assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                             "crc32": f"{zlib.crc32(data):08x}"}  # as the zip's directory gives it
         assert json.loads(pinned.read_text()) == recorded
         assert run(tmp_path / "again") == 0  # verified against the recorded hashes
         name = sorted(recorded["clips"])[0]
+        changed = copy.deepcopy(recorded)  # the directory disagrees: noticed before the clip is read
+        changed["clips"][name]["crc32"] = "00000000"
+        pinned.write_text(json.dumps(changed))
+        assert run(tmp_path / "changed") == 2
+        assert (f"{name}: the zip's directory gives {len(members[name][0])} bytes with CRC-32 "
+                f"{recorded['clips'][name]['crc32']}") in capsys.readouterr().err
         recorded["clips"][name]["sha256"] = "0" * 64
         pinned.write_text(json.dumps(recorded))
         assert run(tmp_path / "bad") == 2

@@ -113,28 +113,13 @@ def _closed_port_url(path="/gone.pth.tar"):
 def published(tmp_path_factory):
     """The state of a cpu-64 checkpoint and its bytes as torch writes them: {"legacy": b, "zip": b}."""
     torch = pytest.importorskip("torch", reason=TORCH_REASON)
-    from fomm_lessons.checkpoint import CONSTANT, IGNORED, PARTS, build_models, torch_entries, torch_state_shapes
+    from fomm_lessons.checkpoint import PARTS, build_models
     from fomm_lessons.config import load_config
+    from torch_state import random_torch_state
 
     models = build_models(load_config("cpu-64")["model_params"])
     rng = np.random.default_rng(0)
-    state = {}
-    for part in PARTS:
-        model = getattr(models, part)
-        shapes = torch_state_shapes(model)
-        entries = {}
-        for name, layer, field, target in torch_entries(model):
-            if target is IGNORED:
-                entries[name] = torch.tensor(40, dtype=torch.int64)  # num_batches_tracked
-                continue
-            if target is CONSTANT:  # the anti-aliasing Gaussian, as the original stores it
-                value = np.broadcast_to(layer.kernel_2d, shapes[name]).copy()
-            elif field == "running_var":
-                value = rng.uniform(0.5, 1.5, shapes[name])
-            else:
-                value = rng.normal(0.0, 0.05, shapes[name])
-            entries[name] = torch.from_numpy(np.asarray(value, np.float32))
-        state[part] = entries
+    state = random_torch_state(models, rng, lambda name, field, shape: rng.normal(0.0, 0.05, shape))
     payload = dict(state)
     for number, part in enumerate(PARTS):  # Adam state_dicts as torch 1.0 wrote them (ids, int steps)
         params = [name for name, value in state[part].items() if value.dtype == torch.float32]
@@ -213,17 +198,18 @@ def _assert_one_line_error(status, err, command, *fragments):
 # ---------------------------------------------------------------------------
 
 def test_registry_describes_each_model():
-    assert pretrained.names()[:4] == ["sample-64", "puppets-64", "vox-256", "vox-adv-256"]
-    sample = pretrained.info("sample-64")
-    folder = Path(sample["folder"])
-    assert sample["kind"] == "shipped" and sample["verified"] and sample["config"] == "sample-64"
-    assert sorted(sample["files"]) == ["generator.weights.h5", "kp_detector.weights.h5"]
-    for filename, recorded in sample["files"].items():  # digests against hashlib, independently
-        data = (folder / filename).read_bytes()
-        assert recorded == {"size": len(data), "sha256": _sha256(data)}
-    assert sample["size"] == sum(f["size"] for f in sample["files"].values()) < 5 * 2 ** 20
-    assert sample["quality"] == json.loads((folder / "quality.json").read_text())
-    assert Path(sample["card"]).is_file() and (folder / "log.csv").is_file()
+    assert pretrained.names()[:5] == ["sample-64", "puppets-64", "sample-64-v2", "vox-256", "vox-adv-256"]
+    for name in ("sample-64", "puppets-64", "sample-64-v2"):
+        sample = pretrained.info(name)
+        folder = Path(sample["folder"])
+        assert sample["kind"] == "shipped" and sample["verified"] and sample["config"] == name
+        assert sorted(sample["files"]) == ["generator.weights.h5", "kp_detector.weights.h5"]
+        for filename, recorded in sample["files"].items():  # digests against hashlib, independently
+            data = (folder / filename).read_bytes()
+            assert recorded == {"size": len(data), "sha256": _sha256(data)}
+        assert sample["size"] == sum(f["size"] for f in sample["files"].values()) < 3 * 2 ** 20  # the issue's cap
+        assert sample["quality"] == json.loads((folder / "quality.json").read_text())
+        assert Path(sample["card"]).is_file() and (folder / "log.csv").is_file()
     for name in ("vox-256", "vox-adv-256"):
         published = pretrained.info(name)
         assert published["kind"] == "download" and published["config"] == name

@@ -569,3 +569,51 @@ def test_collapse_monitors_measure_spread_and_masks_in_use():
     assert float(monitors["masks_in_use"]) == 2.0
     same = collapse_monitors({"kp_driving": {"value": tf.constant(np.zeros((2, 5, 2), np.float32))}})
     assert float(same["kp_spread"]) == 0.0 and "masks_in_use" not in same
+
+
+def test_init_from_starts_from_another_runs_weights_and_refuses_another_architecture(frames, tmp_path, capsys,
+                                                                                      eager_step):
+    """``train --init-from`` (fine-tuning): the first run's exported networks, not the seed's, start
+    the second run, which ``--minutes`` stops after its first step with a checkpoint; a run of another
+    architecture is refused in one line before its folder is made."""
+    import yaml
+
+    from fomm_lessons import cli
+    from fomm_lessons.checkpoint import load_models
+
+    pixels = copy.deepcopy(PLAIN)  # an L1 pyramid, not the perceptual loss: no VGG19 to build three times
+    pixels["train_params"]["loss_weights"].update(perceptual=[0, 0, 0, 0, 0], pixel=[10])
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**pixels, "dataset_params": {**PLAIN["dataset_params"], "root_dir": frames.root}}))
+    common = ["--config", str(config), "--data", str(frames.root)]
+    assert cli.main(["train", *common, "--out", str(tmp_path / "first"), "--steps", "1"]) == 0
+    first = load_models(tmp_path / "first" / "models", PLAIN["model_params"])
+    second_args = ["train", *common, "--out", str(tmp_path / "second"), "--seed", "1", "--minutes", "0.001",
+                   "--init-from", str(tmp_path / "first")]
+    assert cli.main(second_args) == 0
+    out = capsys.readouterr().out
+    assert f"starting from the weights of {tmp_path / 'first'} (kp_detector, generator); new optimizers" in out
+    checkpoints = tmp_path / "second" / "checkpoints"
+    assert (f"stopped at the time budget of 0.001 minutes at step 1; the checkpoint {checkpoints / 'ckpt-1'}; "
+            "continue with: ") in out and "--minutes 0.001" in out and out.rstrip().endswith("--resume")
+    log = (tmp_path / "second" / "train.log").read_text()
+    assert f"initialized from {tmp_path / 'first'}: kp_detector, generator" in log
+    assert "stopped at the time budget (0.001 min) at step 1" in log
+    second = load_models(tmp_path / "second" / "models", PLAIN["model_params"])
+    seeded = _trainer(tmp_path / "fresh", config=pixels, seed=1).models  # what seed 1 alone starts from
+    for name in ("kp_detector", "generator"):
+        theirs, started, fresh = (np.concatenate([w.numpy().ravel() for w in getattr(m, name).trainable_weights])
+                                  for m in (first, second, seeded))
+        # Adam's first step moves each weight by at most about the learning rate (2e-4); another seed
+        # starts far away. (Batch-norm statistics are left out: one step moves them by a tenth of the gap.)
+        assert np.max(np.abs(started - theirs)) < 1e-3, name
+        assert np.max(np.abs(fresh - theirs)) > 0.1, name
+
+    other = copy.deepcopy(pixels)
+    other["model_params"]["common_params"]["num_kp"] = 6
+    wide = tmp_path / "wide.yaml"
+    wide.write_text(yaml.safe_dump({**other, "dataset_params": {**other["dataset_params"], "root_dir": frames.root}}))
+    status = cli.main(["train", "--config", str(wide), "--data", str(frames.root),
+                       "--out", str(tmp_path / "third"), "--init-from", str(tmp_path / "first")])
+    _one_line_error(status, capsys.readouterr().err, f"the checkpoint {tmp_path / 'first' / 'models'} does not match")
+    assert not (tmp_path / "third").exists()

@@ -431,3 +431,38 @@ def ground_truth_flow(root, video, source_index, driving_index):
     target = ThinPlateSplineTransform.from_params(theta_d, control_d).warp_coordinates(grid)  # T_D(z)
     flow = invert_warp(ThinPlateSplineTransform.from_params(theta_s, control_s), target.numpy())
     return flow.reshape(size, size, 2)  # (H, W, 2)
+
+
+def write_example_video(path, name="grace_hopper", seed=0, num_frames=50, height=240, width=320, fps=25,
+                        sigma_affine=0.05, sigma_tps=0.005, points_tps=5, keyframe_every=10):
+    """A stand-in for a phone video, made offline: a landscape ``.mp4`` of one photograph moving.
+
+    The photograph ``name`` (one of :data:`SOURCES`) is scaled to the frame's height and placed
+    left of centre on a plain backdrop; the whole picture then moves by one smooth random warp
+    (:func:`random_motion`, ``seed``), so the face drifts, turns a little and grows and shrinks,
+    as a hand-held camera would make it. It has no parts moving on their own: it is material for
+    ``fomm-lessons crop`` and a fine-tuning example, not for judging motion. Returns ``path``.
+    """
+    import tensorflow as tf
+    from skimage.transform import resize
+
+    from fomm_lessons.sampling import grid_sample, make_coordinate_grid
+    from fomm_lessons.tps import ThinPlateSplineTransform
+
+    if name not in SOURCES:
+        raise ValueError(f"expected a photograph in {sorted(SOURCES)}, got {name!r}")
+    if min(height, width) < 64 or num_frames < 2:
+        raise ValueError(f"expected frames of at least 64x64 and 2 frames, got {height}x{width} and {num_frames}")
+    photo = to_rgb(SOURCES[name]["load"](), name)
+    photo_width = min(width, int(round(photo.shape[1] * height / photo.shape[0])))
+    canvas = np.empty((height, width, 3), np.float32)
+    canvas[:] = np.linspace([0.55, 0.6, 0.7], [0.35, 0.4, 0.5], height, dtype=np.float32)[:, None]  # a wall
+    left = (width - photo_width) // 3
+    canvas[:, left:left + photo_width] = resize(photo, (height, photo_width), order=1, anti_aliasing=True)
+    theta, control = random_motion(np.random.default_rng([int(seed), 7919]), num_frames, sigma_affine,
+                                   sigma_tps, points_tps, keyframe_every)
+    grid = tf.reshape(make_coordinate_grid(height, width), [1, height * width, 2])
+    coords = ThinPlateSplineTransform.from_params(theta, control).warp_coordinates(grid)
+    frames = grid_sample(tf.tile(tf.constant(canvas)[None], [num_frames, 1, 1, 1]),
+                         tf.reshape(coords, [num_frames, height, width, 2]), padding_mode="border")
+    return write_video(path, frames.numpy(), as_folder=False, fps=fps)

@@ -19,6 +19,7 @@ import pathlib
 import shutil
 import sys
 import tempfile
+import zipfile
 
 import numpy as np
 
@@ -196,9 +197,31 @@ def fetch_subset(out, identities, clips_per_identity, size, seed=0, zip_path=Non
     return manifest
 
 
+def _directory_entry(source, clip):
+    """``(bytes, CRC-32 as 8 hex digits)`` of the clip in its zip's central directory; None for a folder."""
+    if isinstance(clip.ref, remote_zip.ZipMember):
+        return clip.ref.size, f"{clip.ref.crc32:08x}"
+    archive = getattr(source, "zip", None)
+    if isinstance(archive, zipfile.ZipFile):
+        info = archive.getinfo(clip.ref)
+        return info.file_size, f"{info.CRC:08x}"
+    return None
+
+
 def _fetch_clip(out, split, clip, size_px, source, pinned, crop=False):
-    """Read, verify, decode and write one clip, then its done marker."""
+    """Read, verify, decode and write one clip, then its done marker.
+
+    A clip of the pinned manifest is checked twice: its size and CRC-32 in the zip's directory
+    before a byte of it is read (an upstream file that changed is noticed at once), then the
+    SHA-256 of what was read.
+    """
     known = pinned.get(clip.member, {})
+    directory = _directory_entry(source, clip)
+    if known and directory is not None and (known.get("bytes", directory[0]) != directory[0]
+                                            or known.get("crc32", directory[1]) != directory[1]):
+        raise VoxCelebError(f"{clip.member}: the zip's directory gives {directory[0]} bytes with CRC-32 "
+                            f"{directory[1]}, {REPO_MANIFEST} recorded {known.get('bytes')} bytes with CRC-32 "
+                            f"{known.get('crc32')}: the file changed upstream")
     limit = known.get("bytes") or voxceleb_sources.MAX_CLIP_BYTES
     tmp = out / "meta" / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -225,6 +248,8 @@ def _fetch_clip(out, split, clip, size_px, source, pinned, crop=False):
     partial.rename(folder)
     record = {"name": clip.name, "split": split, "member": clip.member, "bytes": size,
               "sha256": sha256, "frames": len(frames), "size": size_px, "png_bytes": _folder_bytes(folder)}
+    if directory is not None:
+        record["crc32"] = directory[1]
     _write_json(out / "meta" / "clips" / f"{clip.name}.json", record)
     return record
 
@@ -271,7 +296,8 @@ def update_repo_manifest(out, manifest_path=None):
     pinned["zip_etag"] = pinned.get("zip_etag") or source.get("x_linked_etag", "").strip('"') or None
     pinned["observed_commit"] = source.get("x_repo_commit") or pinned.get("observed_commit")
     for record in run["clips"]:
-        entry = {"bytes": record["bytes"], "sha256": record["sha256"]}
+        entry = {"bytes": record["bytes"], "sha256": record["sha256"],
+                 **({"crc32": record["crc32"]} if "crc32" in record else {})}
         known = pinned["clips"].setdefault(record["member"], entry)
         if known["sha256"] != record["sha256"]:
             raise ValueError(f"{record['member']}: SHA-256 {record['sha256']} differs from {known['sha256']}")

@@ -36,36 +36,27 @@ def write_checkpoint(path, config_name="vox-256", seed=0):
     """A .pth.tar in the published structure with random weights; returns (size, sha256)."""
     import torch
 
-    from fomm_lessons.checkpoint import CONSTANT, IGNORED, PARTS, build_models, torch_entries, torch_state_shapes
+    from fomm_lessons.checkpoint import PARTS, build_models
     from fomm_lessons.config import load_config
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from torch_state import random_torch_state
 
     models = build_models(load_config(config_name)["model_params"])
     rng = np.random.default_rng(seed)
-    payload = {}
+
+    def weight(name, field, shape):
+        if field == "running_mean" or name.endswith(".bias"):
+            return rng.normal(0.0, 0.01, shape)
+        if len(shape) == 4:  # He-scaled convolutions keep the activations finite
+            return rng.normal(0.0, np.sqrt(2.0 / np.prod(shape[1:])), shape)
+        return 1.0 + rng.normal(0.0, 0.01, shape)  # batch-norm scales
+
+    payload = random_torch_state(models, rng, weight)
     for part in PARTS:
-        model = getattr(models, part)
-        shapes = torch_state_shapes(model)
-        entries = {}
-        for name, layer, field, target in torch_entries(model):
-            if target is IGNORED:
-                entries[name] = torch.tensor(40, dtype=torch.int64)  # num_batches_tracked
-                continue
-            shape = shapes[name]
-            if target is CONSTANT:
-                value = np.broadcast_to(layer.kernel_2d, shape).copy()
-            elif field == "running_var":
-                value = rng.uniform(0.5, 1.5, shape)
-            elif field == "running_mean" or name.endswith(".bias"):
-                value = rng.normal(0.0, 0.01, shape)
-            elif len(shape) == 4:  # He-scaled convolutions keep the activations finite
-                value = rng.normal(0.0, np.sqrt(2.0 / np.prod(shape[1:])), shape)
-            else:
-                value = 1.0 + rng.normal(0.0, 0.01, shape)  # batch-norm scales
-            entries[name] = torch.from_numpy(np.asarray(value, np.float32))
-        payload[part] = entries
         payload[f"optimizer_{part}"] = {"state": {}, "param_groups": [
             {"lr": 2e-4, "betas": (0.5, 0.999), "eps": 1e-8, "weight_decay": 0, "amsgrad": False,
-             "initial_lr": 2e-4, "params": list(range(len(entries)))}]}
+             "initial_lr": 2e-4, "params": list(range(len(payload[part])))}]}
     payload["epoch"] = 99
     torch.save(payload, path)
     data = Path(path).read_bytes()
