@@ -713,7 +713,7 @@ def test_train_says_which_vgg19_it_uses_and_a_failed_download_stops_it_in_one_li
     make_sample_dataset(data, size=64, seed=0)
     config = tmp_path / "plain.yaml"
     config.write_text(yaml.safe_dump({**PLAIN, "dataset_params": {**PLAIN["dataset_params"], "root_dir": str(data)}}))
-    monkeypatch.setattr(Trainer, "fit", lambda self, frames, steps=None: None)  # what is logged before a step
+    monkeypatch.setattr(Trainer, "fit", lambda self, frames, **options: None)  # what is logged before a step
     base = ["train", "--config", config, "--data", data, "--steps", "1"]
     offline = _closed_port_url(f"/models/{name}")
     with monkeypatch.context() as patch:
