@@ -12,15 +12,7 @@ import pytest
 
 from fomm_lessons import pretrained
 from fomm_lessons.checkpoint import build_models
-from fomm_lessons.data.sample import make_sample_dataset
 from fomm_lessons.evaluate import motion_epe, reconstruction_l1
-
-
-@pytest.fixture(scope="module")
-def new_motions(tmp_path_factory):
-    """The training identities and the unseen face, moved by motions of another seed (1, not 0)."""
-    root = tmp_path_factory.mktemp("sample-64-eval")
-    return make_sample_dataset(root, size=64, seed=1, identities="extended", videos_per_identity=1)
 
 
 @pytest.fixture(scope="module")
@@ -29,30 +21,30 @@ def sample64():
     return models, config
 
 
-def test_motion_on_the_unseen_face(sample64, new_motions):
+def test_motion_on_the_unseen_face(sample64, sample_new_motions):
     models, _ = sample64
-    result = motion_epe(new_motions, models, frame_step=3, split="test")
+    result = motion_epe(sample_new_motions, models, frame_step=3, split="test")
     ratio = result["epe"] / result["identity_epe"]
     assert ratio <= 0.75, f"EPE {result['epe']:.3f} px against {result['identity_epe']:.3f} px for zero flow"
 
 
-def test_reconstruction_of_the_training_faces(sample64, new_motions):
+def test_reconstruction_of_the_training_faces(sample64, sample_new_motions):
     models, config = sample64
     shape = tuple(config["dataset_params"]["frame_shape"])
-    l1 = reconstruction_l1(new_motions, models, shape, split="train")["l1"]
-    baseline = reconstruction_l1(new_motions, None, shape, split="train")["l1"]
+    l1 = reconstruction_l1(sample_new_motions, models, shape, split="train")["l1"]
+    baseline = reconstruction_l1(sample_new_motions, None, shape, split="train")["l1"]
     assert l1 <= 0.75 * baseline, f"L1 {l1:.4f} against {baseline:.4f} for copying the source"
 
 
-def test_the_thresholds_reject_untrained_networks(sample64, new_motions):
+def test_the_thresholds_reject_untrained_networks(sample64, sample_new_motions):
     _, config = sample64
     keras.utils.set_random_seed(0)
     untrained = build_models(config["model_params"], discriminator=False)
-    result = motion_epe(new_motions, untrained, frame_step=6, split="test")
+    result = motion_epe(sample_new_motions, untrained, frame_step=6, split="test")
     assert result["epe"] / result["identity_epe"] > 0.75
     shape = tuple(config["dataset_params"]["frame_shape"])
-    l1 = reconstruction_l1(new_motions, untrained, shape, split="train", max_videos=2)["l1"]
-    baseline = reconstruction_l1(new_motions, None, shape, split="train", max_videos=2)["l1"]
+    l1 = reconstruction_l1(sample_new_motions, untrained, shape, split="train", max_videos=2)["l1"]
+    baseline = reconstruction_l1(sample_new_motions, None, shape, split="train", max_videos=2)["l1"]
     assert l1 > 0.75 * baseline
 
 

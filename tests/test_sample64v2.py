@@ -13,19 +13,11 @@ import keras
 import pytest
 
 from fomm_lessons import pretrained
-from fomm_lessons.checkpoint import build_models
-from fomm_lessons.data.sample import make_sample_dataset
-from fomm_lessons.evaluate import list_test_videos, motion_epe, reconstruction_l1
-from fomm_lessons.data.frames import load_frames
 from fomm_lessons.animate import detect_keypoints
+from fomm_lessons.checkpoint import build_models
+from fomm_lessons.data.frames import load_frames
+from fomm_lessons.evaluate import list_test_videos, motion_epe, reconstruction_l1
 from fomm_lessons.measures import keypoint_spread
-
-
-@pytest.fixture(scope="module")
-def new_motions(tmp_path_factory):
-    """The training images and the unseen face along motions of another seed (1, not 0)."""
-    root = tmp_path_factory.mktemp("sample-64-eval")
-    return make_sample_dataset(root, size=64, seed=1, identities="extended", videos_per_identity=1)
 
 
 @pytest.fixture(scope="module")
@@ -46,20 +38,20 @@ def _l1_ratio(root, models, split):
             / reconstruction_l1(root, None, (64, 64, 3), split=split)["l1"])
 
 
-def test_keypoints_have_not_collapsed_on_the_unseen_face(new_motions, networks):
-    shipped, untrained = (_spread_share(new_motions, networks[k]) for k in ("shipped", "untrained"))
+def test_keypoints_have_not_collapsed_on_the_unseen_face(sample_new_motions, networks):
+    shipped, untrained = (_spread_share(sample_new_motions, networks[k]) for k in ("shipped", "untrained"))
     assert shipped >= 0.15 > untrained, (shipped, untrained)
 
 
-def test_the_unseen_face_is_rebuilt_better_than_by_copying_the_source(new_motions, networks):
-    shipped, untrained = (_l1_ratio(new_motions, networks[k], "test") for k in ("shipped", "untrained"))
+def test_the_unseen_face_is_rebuilt_better_than_by_copying_the_source(sample_new_motions, networks):
+    shipped, untrained = (_l1_ratio(sample_new_motions, networks[k], "test") for k in ("shipped", "untrained"))
     assert shipped < 0.95 < untrained, (shipped, untrained)
 
 
-def test_motion_on_the_training_images(new_motions, networks):
+def test_motion_on_the_training_images(sample_new_motions, networks):
     ratios = {}
     for key in ("shipped", "untrained"):
-        result = motion_epe(new_motions, networks[key], frame_step=6, split="train", max_videos=3)
+        result = motion_epe(sample_new_motions, networks[key], frame_step=6, split="train", max_videos=3)
         ratios[key] = result["epe"] / result["identity_epe"]
     assert ratios["shipped"] <= 0.5 < ratios["untrained"], ratios
 
